@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class ConfigConfig(AppConfig):
+    """Hosts project-wide management commands, system checks and periodic housekeeping tasks."""
+
+    name = "config"
+    verbose_name = "Spillway"
+
+    def ready(self) -> None:
+        from config import checks  # noqa: F401  (registers the system checks)
+        from config.logs import configure_structlog
+
+        configure_structlog()
+        checks.refuse_insecure_production()

@@ -1,0 +1,27 @@
+"""The Celery app, configured from the ``CELERY_*`` settings.
+
+Messages carry ids only and are JSON. ``acks_late`` + ``reject_on_worker_lost`` + prefetch 1 means a
+worker killed mid-task leaves its message to be redelivered rather than lost; the database rows
+stay the system of record, and sweepers re-enqueue anything a lost message left behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("spillway")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+# The filesystem broker (laptop default) needs its folders to exist before the first publish.
+for _folder in {
+    app.conf.broker_transport_options.get("data_folder_in"),
+    app.conf.broker_transport_options.get("processed_folder"),
+} - {None}:
+    Path(_folder).mkdir(parents=True, exist_ok=True)
+
+app.autodiscover_tasks()

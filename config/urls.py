@@ -1,0 +1,25 @@
+"""URLs: the admin (the back office), the REST API v1, its schema and docs, and health."""
+
+import datetime
+
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from health_check.views import HealthCheckView
+
+health_checks = [
+    "health_check.checks.Database",
+    "health_check.checks.Cache",
+    ("health_check.contrib.celery.Ping", {"timeout": datetime.timedelta(seconds=settings.HEALTH_CHECK_CELERY_TIMEOUT)}),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("partners.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("health/", HealthCheckView.as_view(checks=health_checks), name="health"),
+    path("i18n/", include("django.conf.urls.i18n")),
+]

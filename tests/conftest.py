@@ -1,0 +1,128 @@
+"""The cast, the service gates (PostgreSQL, Redis, Chromium) and API clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from tests.factories import UserFactory
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
+
+
+def _unavailable(reason: str) -> None:
+    """Skip with a clear message, or fail when the run promised the services are there."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"REQUIRE_SERVICES=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL") or os.environ.get("CELERY_BROKER_URL", "").strip() or "redis://127.0.0.1:6379/0"
+
+
+def _redis_reachable() -> bool:
+    url = redis_url()
+    if not url.startswith("redis://"):
+        return False
+    hostport = url[len("redis://") :].split("/")[0].split("@")[-1]
+    host, _, port = hostport.partition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port or 6379)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def chromium_path() -> str | None:
+    path = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+    return path if shutil.which(path) else None
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        _unavailable("this test needs PostgreSQL: set DATABASE_URL=postgres://…")
+    if item.get_closest_marker("redis") and not _redis_reachable():
+        _unavailable(f"this test needs Redis at {redis_url()}")
+    if item.get_closest_marker("browser") and chromium_path() is None:
+        _unavailable("this test needs Chromium (apt-get install chromium fonts-wqy-microhei)")
+
+
+@pytest.fixture(autouse=True)
+def _english_off(settings):
+    """Tests see the product's default language, Simplified Chinese."""
+    settings.LANGUAGE_CODE = "zh-hans"
+
+
+@pytest.fixture
+def compliance_officer(db):
+    return UserFactory(username="compliance", roles=["compliance_officer"])
+
+
+@pytest.fixture
+def second_compliance_officer(db):
+    return UserFactory(username="compliance2", roles=["compliance_officer"])
+
+
+@pytest.fixture
+def partnership_manager(db):
+    return UserFactory(username="partnerships", roles=["partnership_manager"])
+
+
+@pytest.fixture
+def operations_user(db):
+    return UserFactory(username="operations", roles=["operations"])
+
+
+@pytest.fixture
+def finance_user(db):
+    return UserFactory(username="finance", roles=["finance"])
+
+
+@pytest.fixture
+def auditor(db):
+    return UserFactory(username="auditor", roles=["auditor"])
+
+
+@pytest.fixture
+def origination(db):
+    return UserFactory(username="origination", roles=["origination"], is_staff=False)
+
+
+@pytest.fixture
+def outsider(db):
+    """Logged in, but in no role."""
+    return UserFactory(username="outsider", is_staff=False)
+
+
+@pytest.fixture
+def cast(compliance_officer, partnership_manager, operations_user, finance_user, auditor, origination, outsider):
+    return {
+        "compliance_officer": compliance_officer,
+        "partnership_manager": partnership_manager,
+        "operations": operations_user,
+        "finance": finance_user,
+        "auditor": auditor,
+        "origination": origination,
+        "outsider": outsider,
+    }
+
+
+@pytest.fixture
+def api():
+    """``api(user)`` → an APIClient authenticated with that user's DRF token."""
+    from rest_framework.authtoken.models import Token
+
+    def make(user=None):
+        client = APIClient()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
