@@ -78,6 +78,8 @@ class RolePermission(permissions.BasePermission):
             return False
         if getattr(view, "action", None) == "metadata" or request.method == "OPTIONS":
             return True
+        if getattr(view, request.method.lower(), None) is None:
+            return True  # no such handler: let DRF answer 405 rather than a misleading 403
         perm = self.required_permission(view)
         if perm is None:
             # An endpoint that forgot to declare its permission is closed, not open.

@@ -53,10 +53,6 @@ def pytest_runtest_setup(item):
         _unavailable("this test needs Chromium (apt-get install chromium fonts-wqy-microhei)")
 
 
-@pytest.fixture(autouse=True)
-def _english_off(settings):
-    """Tests see the product's default language, Simplified Chinese."""
-    settings.LANGUAGE_CODE = "zh-hans"
 
 
 @pytest.fixture
@@ -126,3 +122,9 @@ def api():
         return client
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    """Real hashing costs ~0.3 s per user; tests create many users."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -16,7 +16,7 @@ PROVINCES = ["110000", "310000", "440000", "330000", "320000", "510000"]
 
 def credit_code(seq: int) -> str:
     """A valid unified social credit code (GB 32100-2015) that differs per ``seq``."""
-    body = f"913100{seq:010d}"[:17]
+    body = f"913100{seq:011d}"
     return body + uscc.calc_check_digit(body)
 
 
@@ -46,7 +46,7 @@ class PartnerFactory(factory.django.DjangoModelFactory):
     name = factory.Iterator(["甲消费金融有限公司", "乙银行股份有限公司", "丙小额贷款有限公司", "丁消费金融有限公司"])
     license_type = Partner.LicenseType.CONSUMER_FINANCE
     credit_code = factory.Sequence(credit_code)
-    contact_email = factory.LazyAttribute(lambda p: f"dpo@{p.code.lower()}.example")
+    contact_email = factory.LazyAttribute(lambda p: f"dpo@{p.code.lower().replace('_', '-')}.example")
     contact_phone = "021-12345678"
     status = Partner.Status.ACTIVE
     api_base_url = factory.LazyAttribute(lambda p: f"http://127.0.0.1:9100/{p.code.lower()}")
