@@ -154,6 +154,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Declined-lead referral (拒量导流): partners, contracts, consents, referrals, settlements.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

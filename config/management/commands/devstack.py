@@ -48,7 +48,7 @@ class Supervisor:
         children: Sequence[tuple[str, Sequence[str]]],
         *,
         out: TextIO,
-        grace_seconds: float = 5.0,
+        grace_seconds: float = 10.0,
         cwd: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -59,6 +59,8 @@ class Supervisor:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self._width = max((len(child.name) for child in self.children), default=0)
         self._lock = threading.Lock()
+        # Set to cut the grace period short (a second Ctrl-C).
+        self.hurry = threading.Event()
 
     def write(self, text: str) -> None:
         """Write whole lines to the shared output without interleaving them with a child's."""
@@ -119,22 +121,26 @@ class Supervisor:
         return failed
 
     def stop_all(self) -> None:
-        """SIGTERM every running child, wait up to the grace period, then SIGKILL its process group."""
+        """SIGTERM every running child, wait up to the grace period (or until :attr:`hurry` is set),
+        then SIGKILL the process group of any that is still there."""
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
         for child in running:
             child.process.terminate()
         deadline = time.monotonic() + self.grace_seconds
+        while running and time.monotonic() < deadline and not self.hurry.is_set():
+            time.sleep(0.05)
+            running = [c for c in running if c.process.poll() is None]
         for child in running:
-            try:
-                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.write(f"{child.name.ljust(self._width)} | did not stop in {self.grace_seconds:.0f} s; killing it")
+            if child.process.poll() is None:
+                self.write(f"{child.name.ljust(self._width)} | still running; killing it")
                 self._kill(child)
         for child in self.children:
             if child.process is not None and child.process.poll() is None:
                 self._kill(child)
             if child.reader is not None:
                 child.reader.join(timeout=2)
+            if child.process is not None and child.process.stdout is not None:
+                child.process.stdout.close()
 
     @staticmethod
     def _kill(child: Child) -> None:
@@ -163,7 +169,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--port", type=int, default=8000, help="Port of the web app (default 8000).")
-        parser.add_argument("--grace", type=float, default=5.0, help="Seconds to wait for children to stop.")
+        parser.add_argument(
+            "--grace",
+            type=float,
+            default=10.0,
+            help="Seconds to wait for children to stop before killing them (a second Ctrl-C kills at once).",
+        )
 
     def child_commands(self, port: int) -> list[tuple[str, list[str]]]:
         manage = str(settings.BASE_DIR / "manage.py")
@@ -217,7 +228,7 @@ class Command(BaseCommand):
                 "",
                 logins.getvalue().rstrip(),
                 "",
-                "Ctrl-C stops everything.",
+                "Ctrl-C stops everything (press it twice to skip the graceful shutdown).",
                 "",
             ]
         )
@@ -232,6 +243,8 @@ class Command(BaseCommand):
 
         def request_stop(signum, frame) -> None:
             received.append(signal.Signals(signum).name)
+            if stop.is_set():
+                supervisor.hurry.set()  # a second Ctrl-C: do not wait for a slow warm shutdown
             stop.set()
 
         signal.signal(signal.SIGINT, request_stop)

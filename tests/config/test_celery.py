@@ -1,0 +1,92 @@
+"""A real Celery worker process on the configured broker (filesystem by default, Redis in CI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from config.celery import app
+from config.tasks import heartbeat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def worker(tmp_path):
+    """Start ``celery worker`` as a separate OS process and stop it afterwards."""
+    name = f"test-{uuid.uuid4().hex[:8]}@%h"
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-n", name, "--pool", "solo", "--loglevel", "INFO"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "ready." in log.read_text(), 30, "the worker to start")
+        yield proc, log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_configuration_is_safe_for_at_least_once_delivery():
+    conf = app.conf
+    assert conf.task_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_time_limit > conf.task_soft_time_limit
+    visibility = conf.broker_transport_options.get("visibility_timeout")
+    if visibility is not None:
+        assert visibility > conf.task_time_limit
+
+
+def test_heartbeat_runs_on_a_real_worker(worker):
+    _proc, log = worker
+    heartbeat.delay()
+    wait_for(lambda: "beat heartbeat" in log.read_text(), 30, "the heartbeat to run")
+    assert "succeeded" in log.read_text()
+
+
+def test_health_reports_database_cache_and_worker(worker, client, db):
+    response = client.get("/health/?format=json")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert len(body) == 3
+    assert all(value == "OK" for value in body.values()), body
+    assert any("Ping" in key for key in body)
+
+
+def test_beat_schedule_lives_in_code_and_syncs_to_the_database(transactional_db):
+    from django_celery_beat.models import PeriodicTask
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    DatabaseScheduler(app=app)
+    task = PeriodicTask.objects.get(name="heartbeat")
+    assert task.task == "config.tasks.heartbeat"
+    assert task.enabled
