@@ -21,6 +21,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 for _folder in {
     app.conf.broker_transport_options.get("data_folder_in"),
     app.conf.broker_transport_options.get("processed_folder"),
+    app.conf.broker_transport_options.get("control_folder"),
 } - {None}:
     Path(_folder).mkdir(parents=True, exist_ok=True)
 
