@@ -8,7 +8,7 @@ class ConfigConfig(AppConfig):
     verbose_name = "Spillway"
 
     def ready(self) -> None:
-        from config import checks  # noqa: F401  (registers the system checks)
+        from config import checks  # registers the system checks
         from config.logs import configure_structlog
 
         configure_structlog()

@@ -17,16 +17,12 @@ def _secret_problems() -> list[Error]:
         ring = parse_keys(settings.SPILLWAY_ENCRYPTION_KEYS)
         dev_keys = {key for _, key in parse_keys(settings.DEV_ENCRYPTION_KEYS).keys}
         if any(key in dev_keys for _, key in ring.keys):
-            problems.append(
-                Error("SPILLWAY_ENCRYPTION_KEYS contains the development key.", id="spillway.E002")
-            )
+            problems.append(Error("SPILLWAY_ENCRYPTION_KEYS contains the development key.", id="spillway.E002"))
     except ImproperlyConfigured as exc:
         problems.append(Error(f"SPILLWAY_ENCRYPTION_KEYS is invalid: {exc}", id="spillway.E003"))
     key = settings.SPILLWAY_BLIND_INDEX_KEY
     if key == settings.DEV_BLIND_INDEX_KEY or len(key) < 32:
-        problems.append(
-            Error("SPILLWAY_BLIND_INDEX_KEY is the development key or too short.", id="spillway.E004")
-        )
+        problems.append(Error("SPILLWAY_BLIND_INDEX_KEY is the development key or too short.", id="spillway.E004"))
     return problems
 
 
@@ -58,6 +54,4 @@ def refuse_insecure_production() -> None:
         return
     problems = _secret_problems()
     if problems:
-        raise ImproperlyConfigured(
-            "Refusing to start with DEBUG off: " + " ".join(p.msg for p in problems)
-        )
+        raise ImproperlyConfigured("Refusing to start with DEBUG off: " + " ".join(p.msg for p in problems))

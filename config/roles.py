@@ -37,9 +37,7 @@ def grant(apps, mapping: dict[str, list[str]]) -> None:
         group = Group.objects.get(name=role)
         for perm in perms:
             app_label, codename = perm.split(".")
-            group.permissions.add(
-                Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+            group.permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
 
 
 def revoke(apps, mapping: dict[str, list[str]]) -> None:
@@ -52,6 +50,4 @@ def revoke(apps, mapping: dict[str, list[str]]) -> None:
             continue
         for perm in perms:
             app_label, codename = perm.split(".")
-            group.permissions.remove(
-                *Permission.objects.filter(content_type__app_label=app_label, codename=codename)
-            )
+            group.permissions.remove(*Permission.objects.filter(content_type__app_label=app_label, codename=codename))

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from config.env import env, env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("SPILLWAY_VAR_DIR", str(BASE_DIR / "var")))
 
 # Development-only values. config.checks refuses them when DEBUG is off.
-DEV_SECRET_KEY = "dev-insecure-spillway-secret-key-do-not-use-in-production"
+DEV_SECRET_KEY = "dev-insecure-spillway-secret-key-do-not-use-in-production"  # noqa: S105
 DEV_ENCRYPTION_KEYS = "dev1:ZGV2LW9ubHktc3BpbGx3YXktZW5jcnlwdGlvbi1rZXk"
 DEV_BLIND_INDEX_KEY = "dev-only-spillway-blind-index-key"
 
@@ -90,7 +89,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-spillway.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env_int("DATABASE_CONN_MAX_AGE", 60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -172,6 +170,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(VAR_DIR / "celery" / "processed"),
         "control_folder": str(VAR_DIR / "celery" / "control"),
         "store_processed": False,
+        "polling_interval": 0.2,
     }
 else:
     # Redis redelivers an unacknowledged message after the visibility timeout; with acks_late it

@@ -11,7 +11,10 @@ from health_check.views import HealthCheckView
 health_checks = [
     "health_check.checks.Database",
     "health_check.checks.Cache",
-    ("health_check.contrib.celery.Ping", {"timeout": datetime.timedelta(seconds=settings.HEALTH_CHECK_CELERY_TIMEOUT), "limit": 1}),
+    (
+        "health_check.contrib.celery.Ping",
+        {"timeout": datetime.timedelta(seconds=settings.HEALTH_CHECK_CELERY_TIMEOUT), "limit": 1},
+    ),
 ]
 
 urlpatterns = [

@@ -121,7 +121,9 @@ class Partner(models.Model):
     def pia_on_record(self) -> bool:
         return self.has_pia
 
-    @transition(field=status, source=[Status.ONBOARDING, Status.SUSPENDED], target=Status.ACTIVE, conditions=[pia_on_record])
+    @transition(
+        field=status, source=[Status.ONBOARDING, Status.SUSPENDED], target=Status.ACTIVE, conditions=[pia_on_record]
+    )
     def activate(self) -> None:
         """Put the partner on the active list (needs a PIA, PIPL art. 55–56)."""
 
@@ -172,16 +174,31 @@ class Contract(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", verbose_name=_("last edited by")
     )
     submitted_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True, verbose_name=_("submitted by")
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        blank=True,
+        verbose_name=_("submitted by"),
     )
     submitted_at = models.DateTimeField(_("submitted at"), null=True, blank=True)
     approved_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True, verbose_name=_("approved by")
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        blank=True,
+        verbose_name=_("approved by"),
     )
     approved_at = models.DateTimeField(_("approved at"), null=True, blank=True)
     rejection_reason = models.TextField(_("rejection reason"), blank=True)
     terminated_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True, verbose_name=_("terminated by")
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        null=True,
+        blank=True,
+        verbose_name=_("terminated by"),
     )
     terminated_at = models.DateTimeField(_("terminated at"), null=True, blank=True)
     termination_reason = models.TextField(_("termination reason"), blank=True)

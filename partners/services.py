@@ -43,7 +43,11 @@ def _set_status(partner: Partner, target: str, *, actor) -> None:
     method = getattr(partner, method_name)
     if target == Partner.Status.ACTIVE and not partner.has_pia:
         raise ValidationError(
-            {"status": [_("A partner cannot become active without a PIA on record (pia_reference and pia_completed_on).")]}
+            {
+                "status": [
+                    _("A partner cannot become active without a PIA on record (pia_reference and pia_completed_on).")
+                ]
+            }
         )
     if not can_proceed(method):
         raise ValidationError(
@@ -116,8 +120,12 @@ def contract_update(*, actor, contract: Contract, data: dict[str, Any]) -> Contr
     contract = _locked(contract)
     if contract.status != Contract.Status.DRAFT:
         raise ValidationError(
-            {"status": [_("Only draft versions can be edited; this one is %(status)s. Draft a new version instead.")
-                        % {"status": contract.status}]}
+            {
+                "status": [
+                    _("Only draft versions can be edited; this one is %(status)s. Draft a new version instead.")
+                    % {"status": contract.status}
+                ]
+            }
         )
     unknown = set(data) - CONTRACT_EDITABLE
     if unknown:
@@ -137,7 +145,12 @@ def _transition(contract: Contract, name: str) -> None:
         method()
     except TransitionNotAllowed as exc:
         raise ValidationError(
-            {"status": [_("Cannot %(action)s a contract version that is %(status)s.") % {"action": name, "status": contract.status}]}
+            {
+                "status": [
+                    _("Cannot %(action)s a contract version that is %(status)s.")
+                    % {"action": name, "status": contract.status}
+                ]
+            }
         ) from exc
 
 
@@ -160,7 +173,9 @@ def contract_approve(*, actor, contract: Contract) -> Contract:
     superseded and ends the day before this one starts."""
     contract = _locked(contract)
     if actor.pk in {contract.created_by_id, contract.last_edited_by_id}:
-        raise PermissionDenied(_("Four-eyes rule: whoever created or last edited a contract version cannot approve it."))
+        raise PermissionDenied(
+            _("Four-eyes rule: whoever created or last edited a contract version cannot approve it.")
+        )
     # Lock the partner's versions so two approvals cannot both become active.
     previous = (
         Contract.objects.select_for_update()
@@ -172,8 +187,12 @@ def contract_approve(*, actor, contract: Contract) -> Contract:
     if previous is not None:
         if contract.effective_from <= previous.effective_from:
             raise ValidationError(
-                {"effective_from": [_("Must be after the current active version's effective_from (%(date)s).")
-                                    % {"date": previous.effective_from.isoformat()}]}
+                {
+                    "effective_from": [
+                        _("Must be after the current active version's effective_from (%(date)s).")
+                        % {"date": previous.effective_from.isoformat()}
+                    ]
+                }
             )
         end = contract.effective_from - datetime.timedelta(days=1)
         previous.supersede()

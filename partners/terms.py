@@ -78,7 +78,9 @@ class EligibilitySerializer(serializers.Serializer):
 
 
 class FeeTierSerializer(serializers.Serializer):
-    from_count = serializers.IntegerField(min_value=2, help_text="First application number (in the statement) this fee applies to.")
+    from_count = serializers.IntegerField(
+        min_value=2, help_text="First application number (in the statement) this fee applies to."
+    )
     fee = serializers.DecimalField(**MONEY)
 
 

@@ -53,8 +53,6 @@ def pytest_runtest_setup(item):
         _unavailable("this test needs Chromium (apt-get install chromium fonts-wqy-microhei)")
 
 
-
-
 @pytest.fixture
 def compliance_officer(db):
     return UserFactory(username="compliance", roles=["compliance_officer"])

@@ -10,7 +10,9 @@ from partners.models import Contract, Partner
 class PartnerSerializer(serializers.ModelSerializer):
     """A partner on the list. ``api_secret`` is write-only and never returned."""
 
-    api_secret = serializers.CharField(write_only=True, required=True, trim_whitespace=False, min_length=8, max_length=256)
+    api_secret = serializers.CharField(
+        write_only=True, required=True, trim_whitespace=False, min_length=8, max_length=256
+    )
     status = serializers.ChoiceField(choices=Partner.Status.choices, required=False, default=Partner.Status.ONBOARDING)
     weak_phone_hash = serializers.BooleanField(read_only=True)
 

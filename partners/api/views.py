@@ -10,8 +10,13 @@ from partners.api.serializers import ContractSerializer, PartnerSerializer, Reas
 from partners.filtersets import ContractFilterSet, PartnerFilterSet
 
 
-class PartnerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                     mixins.UpdateModelMixin, viewsets.GenericViewSet):
+class PartnerViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
     """Partners on the approved list (partnership managers edit; everyone with access reads)."""
 
     queryset = selectors.partner_list()
@@ -30,8 +35,13 @@ class PartnerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
         )
 
 
-class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
-                      mixins.UpdateModelMixin, viewsets.GenericViewSet):
+class ContractViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
     """Contract versions: drafted and submitted by partnership managers, approved by compliance."""
 
     queryset = selectors.contract_list()
@@ -77,7 +87,9 @@ class ContractViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         """pending_approval → draft, with a reason."""
         body = ReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        contract = services.contract_reject(actor=request.user, contract=self.get_object(), reason=body.validated_data["reason"])
+        contract = services.contract_reject(
+            actor=request.user, contract=self.get_object(), reason=body.validated_data["reason"]
+        )
         return self._respond(contract)
 
     @extend_schema(request=ReasonSerializer, responses=ContractSerializer)

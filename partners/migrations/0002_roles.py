@@ -10,12 +10,14 @@ from config.roles import grant, revoke
 
 READ = ["partners.view_partner", "partners.view_contract"]
 PERMISSIONS = {
-    "compliance_officer": READ + [
+    "compliance_officer": [
+        *READ,
         "partners.approve_contract",
         "partners.terminate_contract",
         "partners.change_partner_status",
     ],
-    "partnership_manager": READ + [
+    "partnership_manager": [
+        *READ,
         "partners.add_partner",
         "partners.change_partner",
         "partners.change_partner_status",

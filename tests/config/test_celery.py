@@ -36,7 +36,20 @@ def worker(tmp_path):
     env = {**os.environ, "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:
         proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-n", name, "--pool", "solo", "--loglevel", "INFO"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-n",
+                name,
+                "--pool",
+                "solo",
+                "--loglevel",
+                "INFO",
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -82,11 +95,13 @@ def test_health_reports_database_cache_and_worker(worker, client, db):
     assert any("Ping" in key for key in body)
 
 
-def test_beat_schedule_lives_in_code_and_syncs_to_the_database(transactional_db):
+def test_beat_schedule_lives_in_code_and_syncs_to_the_database(db, monkeypatch):
+    from django_celery_beat import schedulers
     from django_celery_beat.models import PeriodicTask
-    from django_celery_beat.schedulers import DatabaseScheduler
 
-    DatabaseScheduler(app=app)
+    # The scheduler closes "old" connections between ticks, which would close the test's transaction.
+    monkeypatch.setattr(schedulers, "close_old_connections", lambda: None)
+    schedulers.DatabaseScheduler(app=app)
     task = PeriodicTask.objects.get(name="heartbeat")
     assert task.task == "config.tasks.heartbeat"
     assert task.enabled

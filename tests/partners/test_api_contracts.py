@@ -47,12 +47,13 @@ def test_money_and_rates_are_normalised(api, partner, partnership_manager):
     assert Contract.objects.get().fees["application_fee"] == "30.00"
 
 
+FEES = contract_terms()["fees"]
 BAD_TERMS = [
     ("fees", "interest_share_rate", {"fees": {**contract_terms()["fees"], "interest_share_rate": "1.2"}}),
     ("fees", "vat_rate", {"fees": {**contract_terms()["fees"], "vat_rate": "-0.01"}}),
     ("fees", "application_fee", {"fees": {**contract_terms()["fees"], "application_fee": "-1.00"}}),
     ("fees", "application_fee", {"fees": {**contract_terms()["fees"], "application_fee": "1.001"}}),
-    ("fees", "application_fee_tiers", {"fees": {**contract_terms()["fees"], "application_fee_tiers": [{"from_count": 1, "fee": "1.00"}]}}),
+    ("fees", "application_fee_tiers", {"fees": {**FEES, "application_fee_tiers": [{"from_count": 1, "fee": "1"}]}}),
     ("eligibility", "provinces", {"eligibility": {**contract_terms()["eligibility"], "provinces": ["999999"]}}),
     ("eligibility", "provinces", {"eligibility": {**contract_terms()["eligibility"], "provinces": ["310100"]}}),
     ("eligibility", "max_amount", {"eligibility": {**contract_terms()["eligibility"], "max_amount": "10.00"}}),

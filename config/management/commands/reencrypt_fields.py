@@ -43,7 +43,9 @@ class Command(BaseCommand):
         changed = 0
         last = None
         while True:
-            sql = f"SELECT {qn(pk)}, {qn(column)} FROM {qn(table)} WHERE {qn(column)} IS NOT NULL AND {qn(column)} <> ''"  # noqa: S608
+            sql = (
+                f"SELECT {qn(pk)}, {qn(column)} FROM {qn(table)} WHERE {qn(column)} IS NOT NULL AND {qn(column)} <> ''"  # noqa: S608
+            )
             params: list = []
             if last is not None:
                 sql += f" AND {qn(pk)} > %s"

@@ -1,0 +1,110 @@
+"""Admin plumbing shared by every app: forms that save through services, and error messages.
+
+The admin only shows forms, tables and buttons: every save and every status change goes through
+an app's services, so the rules read the same in the admin as in the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.core.exceptions import NON_FIELD_ERRORS, ImproperlyConfigured, PermissionDenied, ValidationError
+from django.db import models, transaction
+from django.utils.translation import gettext_lazy as _
+
+EMPTY = "—"
+
+
+# --- saving through services ----------------------------------------------------------------
+class ServiceModelForm(forms.ModelForm):
+    """A model form whose last validation step is the service that saves it.
+
+    The stock admin can send a form back with errors only while validating it: once ``is_valid()``
+    is true it saves and reports success. So the service — which holds the rules — runs as the
+    final step of validation, in a savepoint inside the admin's own transaction (``changeform_view``
+    is atomic). A ``ValidationError`` or ``PermissionDenied`` from the service rolls back to the
+    savepoint and becomes a form error; on success the saved object waits in ``self.saved`` for
+    ``ServiceAdminMixin.save_form``.
+    """
+
+    request = None  # set per request by ServiceAdminMixin.get_form
+    saved = None
+
+    def save_through_service(self, *, actor, data: dict[str, Any]) -> models.Model:
+        raise NotImplementedError
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self._errors:
+            return
+        if self.request is None:
+            raise ImproperlyConfigured(f"{type(self).__name__} needs the request (use ServiceAdminMixin).")
+        if not self.instance._state.adding and not self.has_changed():
+            self.saved = type(self.instance)._default_manager.get(pk=self.instance.pk)
+            return
+        try:
+            with transaction.atomic():
+                self.saved = self.save_through_service(actor=self.request.user, data=dict(self.cleaned_data))
+        except ValidationError as exc:
+            self._add_service_error(exc)
+        except PermissionDenied as exc:
+            self.add_error(None, str(exc) or _("You do not have permission to do this."))
+
+    def _add_service_error(self, exc: ValidationError) -> None:
+        if not hasattr(exc, "error_dict"):
+            self.add_error(None, exc)
+            return
+        for field, errors in exc.error_dict.items():
+            if field in self.fields:
+                self.add_error(field, errors)
+            elif field == NON_FIELD_ERRORS:
+                self.add_error(None, errors)
+            else:  # a rule about a field not on this form (e.g. the status, shown read-only)
+                self.add_error(None, [f"{field}: {message}" for message in ValidationError(errors).messages])
+
+
+class ServiceAdminMixin:
+    """Admin plumbing for ``ServiceModelForm``: hand it the request, never write the model here."""
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        form.request = request  # get_form builds a new class on every call, so nothing leaks between requests
+        return form
+
+    def save_form(self, request, form, change):
+        return form.saved
+
+    def save_model(self, request, obj, form, change):
+        """Nothing to write: the form's service call already saved ``obj`` (see ServiceModelForm)."""
+
+    def save_related(self, request, form, formsets, change):
+        """No many-to-many fields and no inlines."""
+
+    # Partners and contract versions are records of who agreed to what: they are offboarded or
+    # terminated, never deleted.
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    # simple_history's "revert" saves an old version with the model form, past the state machine
+    # and four-eyes rules; history is for reading here (an approved contract changes by a new draft).
+    def revert_disabled(self, request, obj=None):
+        return True
+
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        if request.method == "POST":
+            raise PermissionDenied
+        return super().history_form_view(request, object_id, version_id, extra_context)
+
+
+def error_text(exc: ValidationError | PermissionDenied) -> str:
+    """One line for a message: ``field: message`` for each error a service raised."""
+    if isinstance(exc, PermissionDenied):
+        return str(exc) or str(_("You do not have permission to do this."))
+    if hasattr(exc, "error_dict"):
+        return " ".join(
+            message if field == NON_FIELD_ERRORS else f"{field}: {message}"
+            for field, errors in exc.error_dict.items()
+            for message in ValidationError(errors).messages
+        )
+    return " ".join(exc.messages)

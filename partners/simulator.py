@@ -1,0 +1,549 @@
+"""A partner lender on loopback that speaks protocol v1, for development, demos and tests.
+
+One process serves any number of partners: ``/<segment>/probe``, ``/<segment>/applications``,
+``/<segment>/withdrawals`` and ``/<segment>/reclaims``, where ``<segment>`` is the last path
+segment of a ``Partner.api_base_url`` (``http://127.0.0.1:9100/yunfan_cf`` → ``yunfan_cf``). Each
+partner's ``api_secret`` comes from the database, so the simulator checks our signatures exactly as
+the real partner would, and answers per ``partner-protocol.md``.
+
+Decisions are pseudo-random but reproducible: a decision is a function of the seed, the partner and
+the referral id, so the same referral gets the same answer in every run with the same ``--seed``
+(whatever order the requests arrive in). Faults (HTTP 500, latency) are drawn from one seeded
+stream per run.
+
+State (applications, notices) is kept in memory only and holds no personal data: the simulator
+remembers which applicant *fields* arrived, never their values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.db import connections
+
+from partners import signing
+
+log = logging.getLogger("partners.simulator")
+
+ACTIONS = ("probe", "applications", "withdrawals", "reclaims")
+MAX_BODY_BYTES = 1024 * 1024
+
+# Sending any of these to a partner breaks the central bank's rule against platforms passing credit
+# information to lenders (partner-protocol.md); a conforming partner refuses the request.
+CREDIT_FIELDS = frozenset({"credit_grade", "decline_reasons", "score", "internal_score", "risk_score"})
+# A probe carries hashes only (撞库): clear personal data in it is a protocol violation.
+CLEAR_PERSONAL_FIELDS = frozenset({"phone", "name", "national_id", "id_number", "mobile"})
+HASH_HEX_LENGTH = {"hmac_sha256": 64, "sha256": 64, "md5": 32}
+
+PROBE_DECLINE_REASONS = ("risk_model", "existing_customer", "outside_appetite")
+APPLICATION_REJECT_REASONS = ("risk_model", "income_unverified", "multi_lending")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulated partners behave during one run."""
+
+    probe_accept_rate: float = 0.7
+    application_accept_rate: float = 0.6
+    application_pending_rate: float = 0.0
+    latency_ms: int = 0
+    error_rate: float = 0.0
+    seed: int | None = None
+    refresh_seconds: float = 30.0
+    tolerance_seconds: int = signing.DEFAULT_TOLERANCE_SECONDS
+
+    def __post_init__(self) -> None:
+        for name in ("probe_accept_rate", "application_accept_rate", "application_pending_rate", "error_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, not {value}")
+        if self.latency_ms < 0:
+            raise ValueError("latency_ms must not be negative")
+        if self.refresh_seconds <= 0:
+            raise ValueError("refresh_seconds must be positive")
+
+
+@dataclass(frozen=True)
+class PartnerCredentials:
+    """What the simulator knows of one partner: its code, URL segment, secret and phone hash."""
+
+    code: str
+    segment: str
+    secret: str
+    phone_hash: str
+
+
+def url_segment(api_base_url: str) -> str:
+    """The last path segment of a partner's base URL, lowercased (``""`` if there is none)."""
+    return urlsplit(api_base_url or "").path.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def load_partner_credentials() -> dict[str, PartnerCredentials]:
+    """Every partner the simulator can stand in for, keyed by URL segment.
+
+    When two partners share a segment (say, the same path on different hosts), the one whose code
+    matches the segment wins, else the first by code; the other is logged and not served.
+    """
+    from partners.models import Partner
+
+    found: dict[str, PartnerCredentials] = {}
+    for partner in Partner.objects.only("code", "api_base_url", "api_secret", "phone_hash").order_by("code"):
+        segment = url_segment(partner.api_base_url)
+        if not segment or not partner.api_secret:
+            continue
+        creds = PartnerCredentials(partner.code, segment, partner.api_secret, partner.phone_hash)
+        current = found.get(segment)
+        if current is None:
+            found[segment] = creds
+            continue
+        if partner.code.lower() == segment and current.code.lower() != segment:
+            found[segment] = creds
+        log.warning(
+            "simulator: /%s/ is the URL of both %s and %s; serving %s",
+            segment,
+            current.code,
+            partner.code,
+            found[segment].code,
+        )
+    return found
+
+
+class CredentialStore:
+    """Partner secrets by URL segment, reloaded from the database every ``refresh_seconds``.
+
+    A miss (a partner added since the last load) or a wrong signature (a rotated secret) triggers
+    an early reload, at most once per ``min_reload_seconds`` so a stream of bad requests cannot
+    hammer the database.
+    """
+
+    def __init__(
+        self,
+        *,
+        refresh_seconds: float = 30.0,
+        min_reload_seconds: float = 1.0,
+        loader: Callable[[], dict[str, PartnerCredentials]] = load_partner_credentials,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._refresh_seconds = refresh_seconds
+        self._min_reload_seconds = min_reload_seconds
+        self._loader = loader
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._by_segment: dict[str, PartnerCredentials] = {}
+        self._loaded_at: float | None = None
+
+    def reload(self) -> dict[str, PartnerCredentials]:
+        """Load from the database now."""
+        loaded = self._loader()
+        with self._lock:
+            self._by_segment = loaded
+            self._loaded_at = self._clock()
+        log.info("simulator: serving %d partner(s): %s", len(loaded), ", ".join(sorted(loaded)) or "none")
+        return loaded
+
+    def _age(self) -> float:
+        return float("inf") if self._loaded_at is None else self._clock() - self._loaded_at
+
+    def get(self, segment: str, *, stale_ok: bool = True) -> PartnerCredentials | None:
+        """The credentials for ``segment``; ``stale_ok=False`` asks for a reload if allowed."""
+        age = self._age()
+        missing = segment not in self._by_segment
+        if age >= self._refresh_seconds or ((missing or not stale_ok) and age >= self._min_reload_seconds):
+            self.reload()
+        return self._by_segment.get(segment)
+
+    def segments(self) -> list[str]:
+        return sorted(self._by_segment)
+
+
+@dataclass
+class SimulatedApplication:
+    """An application the simulated partner received: its answer, and no applicant data."""
+
+    partner_code: str
+    referral_id: str
+    idempotency_key: str
+    answer: dict[str, Any]
+    fields: list[str]
+    received_at: float
+
+
+@dataclass
+class SimulatedNotice:
+    """A withdrawal or reclaim notice the simulated partner acknowledged."""
+
+    kind: str
+    partner_code: str
+    idempotency_key: str
+    payload: dict[str, Any]
+    answer: dict[str, Any]
+    received_at: float
+
+
+@dataclass
+class SimulatorState:
+    """Everything the simulated partners remember, guarded by one lock (handlers run in threads)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    applications: dict[tuple[str, str], SimulatedApplication] = field(default_factory=dict)
+    notices: dict[tuple[str, str, str], SimulatedNotice] = field(default_factory=dict)
+    probes: int = 0
+    requests: int = 0
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            return {
+                "requests": self.requests,
+                "probes": self.probes,
+                "applications": len(self.applications),
+                "withdrawals": sum(1 for key in self.notices if key[0] == "withdrawals"),
+                "reclaims": sum(1 for key in self.notices if key[0] == "reclaims"),
+            }
+
+
+@dataclass
+class SimResponse:
+    """One answer: status, JSON body, and the log fields (never personal data)."""
+
+    status: int
+    body: dict[str, Any]
+    partner: str = "-"
+    note: str = ""
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PartnerSimulator:
+    """Stand-in partner lenders for every partner in the database whose URL ends in a segment.
+
+    ``handle()`` is the whole protocol logic, independent of HTTP; ``serve_forever()`` / ``start()``
+    put it behind a threaded stdlib server. Extension points for later work: ``_inject_fault()``
+    (timeouts, downtime windows) and the stored ``SimulatedApplication`` rows with their partner
+    code and referral id (asynchronous decisions as signed callbacks to
+    ``/api/v1/partners/{code}/callbacks/``, using :func:`partners.signing.sign`).
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9100,
+        credentials: CredentialStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config or SimulatorConfig()
+        self.seed = self.config.seed if self.config.seed is not None else secrets.randbits(32)
+        self.host = host
+        self.port = port
+        self.credentials = credentials or CredentialStore(refresh_seconds=self.config.refresh_seconds)
+        self.state = SimulatorState()
+        self._clock = clock
+        self._faults = random.Random(f"{self.seed}:faults")  # noqa: S311 — simulation, not security
+        self._faults_lock = threading.Lock()
+        self._httpd: _SimulatorHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- decisions ----------------------------------------------------------------------------
+    def _draw(self, *parts: str) -> random.Random:
+        """A generator determined by the seed and ``parts`` only (not by request order)."""
+        return random.Random(":".join((str(self.seed), *parts)))  # noqa: S311 — simulation
+
+    def _inject_fault(self) -> SimResponse | None:
+        """Latency and random HTTP 500s; later: timeouts and downtime windows."""
+        if self.config.latency_ms:
+            time.sleep(self.config.latency_ms / 1000)
+        if self.config.error_rate:
+            with self._faults_lock:
+                fail = self._faults.random() < self.config.error_rate
+            if fail:
+                return SimResponse(
+                    HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "simulated partner failure"}, note="fault"
+                )
+        return None
+
+    # --- the protocol -------------------------------------------------------------------------
+    def handle(self, method: str, path: str, headers: Any, body: bytes) -> SimResponse:
+        """Answer one request as the partner at ``/<segment>/<action>`` would."""
+        with self.state.lock:
+            self.state.requests += 1
+        parts = [part for part in urlsplit(path).path.split("/") if part]
+        if method == "GET" and not parts:
+            return SimResponse(
+                HTTPStatus.OK, {"status": "ok", "partners": self.credentials.segments(), **self.state.counts()}
+            )
+        if len(parts) != 2 or parts[1] not in ACTIONS:
+            return SimResponse(HTTPStatus.NOT_FOUND, {"error": "unknown endpoint"})
+        if method != "POST":
+            return SimResponse(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"})
+        segment, action = parts[0].lower(), parts[1]
+        creds = self.credentials.get(segment)
+        if creds is None:
+            return SimResponse(HTTPStatus.NOT_FOUND, {"error": "unknown partner"})
+        try:
+            self._verify(creds, headers, body)
+        except signing.SignatureError as exc:
+            return SimResponse(
+                HTTPStatus.UNAUTHORIZED, {"error": f"signature {exc.reason}"}, creds.code, f"auth={exc.reason}"
+            )
+        fault = self._inject_fault()
+        if fault is not None:
+            fault.partner = creds.code
+            return fault
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise _BadRequest("body must be a JSON object")
+            key = _header(headers, "Idempotency-Key")
+            response = getattr(self, f"_{action}")(creds, payload, key)
+        except (ValueError, _BadRequest) as exc:
+            message = exc.message if isinstance(exc, _BadRequest) else "body is not valid JSON"
+            return SimResponse(HTTPStatus.BAD_REQUEST, {"error": message}, creds.code, "bad-request")
+        response.partner = creds.code
+        return response
+
+    def _verify(self, creds: PartnerCredentials, headers: Any, body: bytes) -> None:
+        try:
+            signing.verify(creds.secret, headers, body, now=self._clock(), tolerance=self.config.tolerance_seconds)
+        except signing.SignatureError as exc:
+            if exc.reason != "wrong":
+                raise
+            # The secret may have been rotated since the last load: reload once, then decide.
+            fresh = self.credentials.get(creds.segment, stale_ok=False)
+            if fresh is None or fresh.secret == creds.secret:
+                raise
+            signing.verify(fresh.secret, headers, body, now=self._clock(), tolerance=self.config.tolerance_seconds)
+
+    def _probe(self, creds: PartnerCredentials, payload: dict[str, Any], key: str | None) -> SimResponse:
+        referral_id = _required_str(payload, "referral_id")
+        leaked = sorted((CLEAR_PERSONAL_FIELDS | CREDIT_FIELDS) & set(payload))
+        if leaked:
+            raise _BadRequest(f"a probe carries hashes only; remove {', '.join(leaked)}")
+        alg = _required_str(payload, "hash_alg")
+        if alg != creds.phone_hash:
+            raise _BadRequest(f"hash_alg must be {creds.phone_hash} for this partner")
+        digest = _required_str(payload, "phone_hash")
+        if len(digest) != HASH_HEX_LENGTH.get(alg, -1) or any(c not in "0123456789abcdef" for c in digest):
+            raise _BadRequest(f"phone_hash must be lowercase hex of a {alg} digest")
+        with self.state.lock:
+            self.state.probes += 1
+        draw = self._draw(creds.segment, "probe", referral_id)
+        if draw.random() < self.config.probe_accept_rate:
+            answer = {"decision": "accept", "reason": "within_appetite"}
+        else:
+            answer = {"decision": "decline", "reason": draw.choice(PROBE_DECLINE_REASONS)}
+        return SimResponse(HTTPStatus.OK, answer, note=f"referral={referral_id} decision={answer['decision']}")
+
+    def _applications(self, creds: PartnerCredentials, payload: dict[str, Any], key: str | None) -> SimResponse:
+        if not key:
+            raise _BadRequest("Idempotency-Key header is required")
+        with self.state.lock:
+            stored = self.state.applications.get((creds.segment, key))
+        if stored is not None:
+            return self._replay(stored.answer, key)
+        referral_id = _required_str(payload, "referral_id")
+        if key != referral_id:
+            raise _BadRequest("Idempotency-Key must be the referral_id")
+        applicant = payload.get("applicant")
+        if not isinstance(applicant, dict) or not applicant:
+            raise _BadRequest("applicant must be a non-empty object")
+        credit = sorted(CREDIT_FIELDS & set(applicant))
+        if credit:
+            raise _BadRequest(f"credit data must never be sent to a partner: {', '.join(credit)}")
+        consent = payload.get("consent")
+        if not isinstance(consent, dict) or not consent.get("id"):
+            raise _BadRequest("consent.id is required")
+
+        draw = self._draw(creds.segment, "application", referral_id)
+        application_id = (
+            "SIM-" + hashlib.sha256(f"{self.seed}:{creds.segment}:{referral_id}".encode()).hexdigest()[:16].upper()
+        )
+        if draw.random() < self.config.application_pending_rate:
+            answer = {"application_id": application_id, "decision": "pending", "reason": "manual_review"}
+        elif draw.random() < self.config.application_accept_rate:
+            answer = {"application_id": application_id, "decision": "accepted", "reason": "approved_by_model"}
+        else:
+            answer = {
+                "application_id": application_id,
+                "decision": "rejected",
+                "reason": draw.choice(APPLICATION_REJECT_REASONS),
+            }
+        application = SimulatedApplication(creds.code, referral_id, key, answer, sorted(applicant), self._clock())
+        with self.state.lock:
+            # Two concurrent first deliveries: whichever stored first wins, the other replays it.
+            stored = self.state.applications.setdefault((creds.segment, key), application)
+        if stored is not application:
+            return self._replay(stored.answer, key)
+        return SimResponse(HTTPStatus.OK, answer, note=f"referral={referral_id} decision={answer['decision']}")
+
+    def _notice(
+        self, kind: str, creds: PartnerCredentials, payload: dict[str, Any], key: str | None, expected_key: str
+    ) -> SimResponse:
+        if not key:
+            raise _BadRequest("Idempotency-Key header is required")
+        if key != expected_key:
+            raise _BadRequest(f"Idempotency-Key must be {expected_key}")
+        answer = {"acknowledged": True}
+        notice = SimulatedNotice(kind, creds.code, key, payload, answer, self._clock())
+        with self.state.lock:
+            stored = self.state.notices.setdefault((kind, creds.segment, key), notice)
+        if stored is not notice:
+            return self._replay(stored.answer, key)
+        return SimResponse(HTTPStatus.OK, answer, note=f"{kind}={key}")
+
+    def _withdrawals(self, creds: PartnerCredentials, payload: dict[str, Any], key: str | None) -> SimResponse:
+        consent_id = _required_str(payload, "consent_id")
+        _required_str(payload, "referral_id")
+        _required_str(payload, "withdrawn_at")
+        return self._notice("withdrawals", creds, payload, key, f"{consent_id}:{creds.code}")
+
+    def _reclaims(self, creds: PartnerCredentials, payload: dict[str, Any], key: str | None) -> SimResponse:
+        reclaim_id = _required_str(payload, "reclaim_id")
+        for name in ("referral_id", "loan_id", "effective_date"):
+            _required_str(payload, name)
+        return self._notice("reclaims", creds, payload, key, reclaim_id)
+
+    @staticmethod
+    def _replay(answer: dict[str, Any], key: str) -> SimResponse:
+        return SimResponse(HTTPStatus.OK, dict(answer), note=f"replay key={key}")
+
+    # --- lookups for tests and later callbacks --------------------------------------------------
+    def applications_for(self, partner_code: str) -> list[SimulatedApplication]:
+        with self.state.lock:
+            return [app for app in self.state.applications.values() if app.partner_code == partner_code]
+
+    def describe(self) -> dict[str, Any]:
+        return {"seed": self.seed, **asdict(self.config)}
+
+    # --- serving ------------------------------------------------------------------------------
+    def bind(self) -> _SimulatorHTTPServer:
+        """Open the listening socket (``port=0`` picks a free one; see :attr:`url`)."""
+        if self._httpd is None:
+            self._httpd = _SimulatorHTTPServer((self.host, self.port), _Handler, simulator=self)
+            self.port = self._httpd.server_address[1]
+        return self._httpd
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until :meth:`stop` (from another thread) or an interrupt; ``poll_interval`` bounds
+        how long a stop takes."""
+        self.bind().serve_forever(poll_interval=poll_interval)
+
+    def start(self) -> threading.Thread:
+        """Serve in a daemon thread (tests); stop with :meth:`stop`."""
+        self.bind()
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="partner-simulator", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            if self._thread is not None:
+                self._httpd.shutdown()
+                self._thread.join(timeout=5)
+            self._httpd.server_close()
+            self._httpd = None
+
+
+def _header(headers: Any, name: str) -> str | None:
+    value = headers.get(name)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _required_str(payload: dict[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _BadRequest(f"{name} is required")
+    return value
+
+
+class _SimulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, simulator: PartnerSimulator):
+        self.simulator = simulator
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # Without TCP_NODELAY the stdlib server adds ~40 ms per response through delayed ACKs
+    # (perf-notes.md), which would make every latency figure measured against it wrong.
+    disable_nagle_algorithm = True
+    protocol_version = "HTTP/1.1"
+    server_version = "SpillwayPartnerSimulator/1"
+    server: _SimulatorHTTPServer
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        started = time.perf_counter()
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            response = SimResponse(HTTPStatus.BAD_REQUEST, {"error": "missing or too large Content-Length"})
+            self.close_connection = True
+        else:
+            body = self.rfile.read(length) if length else b""
+            try:
+                response = self.server.simulator.handle(self.command, self.path, self.headers, body)
+            except Exception:
+                log.exception("simulator: error handling %s %s", self.command, urlsplit(self.path).path)
+                response = SimResponse(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "simulator bug"})
+            finally:
+                # Each handler thread opened its own database connection (if it reloaded secrets).
+                connections.close_all()
+        self._send(response)
+        elapsed = (time.perf_counter() - started) * 1000
+        level = logging.INFO if response.status < 400 else logging.WARNING
+        # One line per request: path, partner, status, referral/decision — ids only, no personal data.
+        log.log(
+            level,
+            "simulator: %s %s partner=%s status=%d %s %.1fms",
+            self.command,
+            urlsplit(self.path).path,
+            response.partner,
+            response.status,
+            response.note or "-",
+            elapsed,
+        )
+
+    def _send(self, response: SimResponse) -> None:
+        data = json.dumps(response.body, ensure_ascii=False).encode()
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the stdlib's access log; :meth:`_dispatch` logs one line per request."""
