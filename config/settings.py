@@ -157,7 +157,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    "ENUM_NAME_OVERRIDES": {"CreditGradeEnum": "partners.terms.CREDIT_GRADES"},
 }
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -197,6 +197,11 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The schedule lives here, in code; the database scheduler syncs it into its tables at start.
 CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "config.tasks.heartbeat", "schedule": 60.0},
+    "consents-expire-due": {"task": "referrals.consents_expire_due", "schedule": 60.0},
+    "ledger-checkpoint": {
+        "task": "referrals.ledger_checkpoint",
+        "schedule": 60.0 * env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1),
+    },
 }
 
 # --- health ---------------------------------------------------------------------------------
@@ -226,4 +231,8 @@ LOGGING = {
 SPILLWAY_SIMULATOR_URL = env_str("SPILLWAY_SIMULATOR_URL", "http://127.0.0.1:9100")
 SPILLWAY_SUITABILITY_MIN_AGE = env_int("SPILLWAY_SUITABILITY_MIN_AGE", 22, minimum=18)
 SPILLWAY_SUITABILITY_MAX_AGE = env_int("SPILLWAY_SUITABILITY_MAX_AGE", 60, minimum=18)
+SPILLWAY_CHECKPOINT_DIR = Path(env_str("SPILLWAY_CHECKPOINT_DIR", str(VAR_DIR / "checkpoints")))
+SPILLWAY_CHECKPOINT_MINUTES = env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1)
+# A consent granted "in the future" by more than this clock skew is refused.
+SPILLWAY_CLOCK_SKEW_SECONDS = env_int("SPILLWAY_CLOCK_SKEW_SECONDS", 5, minimum=0)
 SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT = env_int("SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT", 1, minimum=1)

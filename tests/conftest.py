@@ -7,12 +7,17 @@ import shutil
 import socket
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
+
+# Transactional tests empty the database between tests; the ledger's triggers would refuse that.
+# (See referrals/management/commands/flush.py: off everywhere but here.)
+django_settings.SPILLWAY_ALLOW_LEDGER_FLUSH = True
 
 
 def _unavailable(reason: str) -> None:
@@ -126,3 +131,9 @@ def api():
 def _fast_password_hasher(settings):
     """Real hashing costs ~0.3 s per user; tests create many users."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _checkpoint_dir(settings, tmp_path):
+    """Each test writes its ledger checkpoint files to its own folder."""
+    settings.SPILLWAY_CHECKPOINT_DIR = tmp_path / "checkpoints"

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 
 import factory
+from django.apps import apps as django_apps
 from django.contrib.auth.models import Group, User
 from stdnum.cn import uscc
 
+from config.roles import ROLES, grant
 from partners import services
 from partners.models import Contract, Partner
+
+ROLE_MIGRATIONS = ("partners.migrations.0002_roles", "referrals.migrations.0002_ledger_triggers_and_roles")
+
+
+def ensure_roles() -> None:
+    """The roles come from data migrations; a transactional test's flush empties them, so put them
+    back (with the migrations' own code) when they are missing."""
+    if (
+        Group.objects.filter(name__in=ROLES).count() == len(ROLES)
+        and Group.objects.filter(permissions__isnull=False).exists()
+    ):
+        return
+    for module in ROLE_MIGRATIONS:
+        grant(django_apps, importlib.import_module(module).PERMISSIONS)
+
 
 PROVINCES = ["110000", "310000", "440000", "330000", "320000", "510000"]
 
@@ -33,6 +51,8 @@ class UserFactory(factory.django.DjangoModelFactory):
 
     @factory.post_generation
     def roles(self, create, extracted, **kwargs):
+        if extracted:
+            ensure_roles()
         for role in extracted or []:
             self.groups.add(Group.objects.get(name=role))
 

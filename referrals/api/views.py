@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from referrals import selectors
+from referrals.api.serializers import (
+    ApplicantIntakeSerializer,
+    ApplicantSerializer,
+    ConsentEventSerializer,
+    ConsentTextSerializer,
+    IntakeBatchResultSerializer,
+    IntakeBatchSerializer,
+    WithdrawResultSerializer,
+    WithdrawSerializer,
+)
+from referrals.filtersets import ApplicantFilterSet
+from referrals.models import Consent, ConsentText
+from referrals.services import consents as consent_services
+from referrals.services.intake import MAX_BATCH, Lookups, applicant_intake
+
+
+def _validate(item, lookups: Lookups):
+    if not isinstance(item, dict):
+        return None, {"non_field_errors": ["Each item must be a JSON object."]}
+    serializer = ApplicantIntakeSerializer(data=item, context={"lookups": lookups})
+    if serializer.is_valid():
+        return serializer.validated_data, {}
+    return None, serializer.errors
+
+
+class ConsentTextViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Consent wordings (compliance officers). Immutable once created."""
+
+    queryset = ConsentText.objects.select_related("created_by")
+    serializer_class = ConsentTextSerializer
+    lookup_field = "code"
+    lookup_value_regex = "[a-z0-9._-]+"
+    filterset_fields = ["language"]
+
+    def perform_create(self, serializer):
+        serializer.instance = consent_services.consent_text_create(actor=self.request.user, **serializer.validated_data)
+
+
+class ApplicantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Declined applicants with their consent (intake by the origination system)."""
+
+    queryset = selectors.applicant_list()
+    serializer_class = ApplicantSerializer
+    filterset_class = ApplicantFilterSet
+    permission_map = {"create": "referrals.add_applicant", "batch": "referrals.add_applicant"}
+
+    def _respond(self, applicant_id, code: int) -> Response:
+        applicant = selectors.applicant_list().get(pk=applicant_id)
+        return Response(ApplicantSerializer(applicant, context=self.get_serializer_context()).data, status=code)
+
+    @extend_schema(
+        request=ApplicantIntakeSerializer,
+        responses={
+            201: ApplicantSerializer,
+            200: OpenApiResponse(ApplicantSerializer, description="The same body again (idempotent replay)."),
+            409: OpenApiResponse(description="The external_id was already used with a different body."),
+        },
+    )
+    def create(self, request, *args, **kwargs):
+        """Take in one declined applicant with their consent."""
+        [result] = applicant_intake(actor=request.user, items=[request.data], validate=_validate)
+        if result.status in (200, 201):
+            return self._respond(result.applicant.pk, result.status)
+        return Response(result.errors, status=result.status)
+
+    @extend_schema(request=IntakeBatchSerializer, responses=IntakeBatchResultSerializer)
+    @action(detail=False, methods=["post"])
+    def batch(self, request):
+        """Up to 1,000 applicants; each is accepted (201/200) or rejected (400/409) on its own."""
+        envelope = IntakeBatchSerializer(data=request.data)
+        if not isinstance(request.data, dict) or not isinstance(request.data.get("items"), list):
+            envelope.is_valid(raise_exception=True)
+        if len(request.data["items"]) > MAX_BATCH:
+            return Response({"items": [f"At most {MAX_BATCH} items per batch."]}, status=status.HTTP_400_BAD_REQUEST)
+        if not request.data["items"]:
+            return Response({"items": ["This list may not be empty."]}, status=status.HTTP_400_BAD_REQUEST)
+        results = applicant_intake(actor=request.user, items=request.data["items"], validate=_validate)
+        body = []
+        for result in results:
+            entry = {"index": result.index, "status": result.status}
+            if result.applicant is not None:
+                entry["id"] = str(result.applicant.pk)
+            if result.errors:
+                entry["errors"] = result.errors
+            body.append(entry)
+        return Response({"results": body}, status=status.HTTP_200_OK)
+
+
+class ConsentViewSet(viewsets.GenericViewSet):
+    """A consent's withdrawal and its ledger."""
+
+    queryset = Consent.objects.all()
+    permission_map = {"withdraw": "referrals.withdraw_consent", "events": "referrals.view_consentevent"}
+
+    @extend_schema(request=WithdrawSerializer, responses=WithdrawResultSerializer)
+    @action(detail=True, methods=["post"])
+    def withdraw(self, request, pk=None):
+        """Withdraw the consent: from the moment this returns, nothing more is sent under it."""
+        body = WithdrawSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = consent_services.consent_withdraw(
+            actor=request.user,
+            consent=self.get_object(),
+            channel=body.validated_data["channel"],
+            reason=body.validated_data["reason"],
+            withdrawn_at=body.validated_data.get("withdrawn_at"),
+        )
+        return Response(
+            {"status": result.consent.status, "cancelled_referrals": [str(r) for r in result.cancelled_referrals]}
+        )
+
+    @extend_schema(responses=ConsentEventSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def events(self, request, pk=None):
+        """The consent's ledger events in order, with their hashes."""
+        consent = self.get_object()
+        return Response(ConsentEventSerializer(selectors.consent_events(consent), many=True).data)

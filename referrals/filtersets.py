@@ -1,0 +1,27 @@
+"""Filters shared by the API and the admin."""
+
+from __future__ import annotations
+
+import django_filters
+
+from referrals.models import Applicant, Consent
+
+
+class ApplicantFilterSet(django_filters.FilterSet):
+    external_id = django_filters.CharFilter()
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Applicant
+        fields = ["external_id", "province", "credit_grade"]
+
+
+class ConsentFilterSet(django_filters.FilterSet):
+    partner = django_filters.CharFilter(field_name="recipients__partner__code", distinct=True)
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Consent
+        fields = ["status", "channel", "partner"]
