@@ -110,3 +110,66 @@ def make_contract(partner: Partner, *, drafter: User, approver: User | None = No
         contract = services.contract_submit(actor=drafter, contract=contract)
         contract = services.contract_approve(actor=approver, contract=contract)
     return contract
+
+
+# --- applicants and consents -------------------------------------------------------------------
+CONSENT_BODY = (
+    "个人信息单独同意书：您同意本公司将您的身份信息、联系方式、所在地区、借款需求及收入信息提供给下列合作机构，"
+    "用于贷款导流；您可随时通过App“我的-隐私设置”或客服热线撤回同意，撤回不影响撤回前已进行的处理。"
+)
+
+
+def national_id(*, region: str = "110105", birth: datetime.date = datetime.date(1990, 5, 17), seq: int = 1) -> str:
+    """A valid 18-character resident ID number (GB 11643-1999 check character)."""
+    from stdnum.cn import ric
+
+    body = f"{region}{birth:%Y%m%d}{seq % 1000:03d}"
+    return body + ric.calc_check_digit(body + "0")
+
+
+def phone(seq: int = 0) -> str:
+    return f"1{3 + seq % 7}{(12345678 + seq * 7919) % 10**9:09d}"
+
+
+def consent_text(*, actor, code: str = "referral-consent-v3", validity_days: int = 90):
+    from referrals.models import ConsentText
+    from referrals.services.consents import consent_text_create
+
+    existing = ConsentText.objects.filter(code=code).first()
+    return existing or consent_text_create(actor=actor, code=code, body=CONSENT_BODY, validity_days=validity_days)
+
+
+def intake_payload(*, text, partners: list[str], seq: int = 1, consent: dict | None = None, **overrides) -> dict:
+    """An api.md-shaped intake body with valid, distinct personal data for ``seq``."""
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    body = {
+        "external_id": f"APP-2026-{seq:06d}",
+        "name": ["张三", "李四", "王五", "赵六", "欧阳娜娜"][seq % 5],
+        "national_id": national_id(seq=seq),
+        "phone": phone(seq),
+        "province": "310000",
+        "city": "310100",
+        "requested_amount": "50000.00",
+        "requested_term_months": 12,
+        "expected_apr": "0.0450",
+        "monthly_income": "12000.00",
+        "credit_grade": "B",
+        "decline_reasons": ["FUNDING_COST"],
+        "declined_at": (now - datetime.timedelta(minutes=5)).isoformat(),
+        "consent": {
+            "text_code": text.code,
+            "text_sha256": text.sha256,
+            "partners": partners,
+            "data_categories": ["identity", "contact", "location", "loan_request", "income"],
+            "purposes": ["loan_referral", "reclaim_offer"],
+            "channel": "app",
+            "granted_at": (now - datetime.timedelta(minutes=6)).isoformat(),
+            "ip": "203.0.113.7",
+            "device_id": "ios-6F1C",
+            "evidence_sha256": "ab" * 32,
+            "expires_at": None,
+            **(consent or {}),
+        },
+    }
+    body.update(overrides)
+    return body

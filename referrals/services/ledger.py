@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +115,12 @@ def checkpoint_document(checkpoint: LedgerCheckpoint) -> dict:
     }
 
 
-def _leaves(first_id: int, last_id: int) -> tuple[list[int], list[bytes]]:
-    rows = ConsentEvent.objects.filter(id__gte=first_id, id__lte=last_id).order_by("id").values_list("id", "hash")
+def _leaves(after_id: int | None, last_id: int) -> tuple[list[int], list[bytes]]:
+    """Events with ``after_id < id ≤ last_id`` (no lower bound for the first checkpoint)."""
+    rows = ConsentEvent.objects.filter(id__lte=last_id)
+    if after_id is not None:
+        rows = rows.filter(id__gt=after_id)
+    rows = rows.order_by("id").values_list("id", "hash")
     ids, leaves = [], []
     for event_id, digest in rows.iterator(chunk_size=5000):
         ids.append(event_id)
@@ -125,7 +130,7 @@ def _leaves(first_id: int, last_id: int) -> tuple[list[int], list[bytes]]:
 
 def checkpoint_leaves(checkpoint: LedgerCheckpoint) -> tuple[list[int], list[bytes]]:
     """The event ids and leaf data a checkpoint sealed, in tree order."""
-    return _leaves(checkpoint.first_event_id, checkpoint.last_event_id)
+    return _leaves(checkpoint.first_event_id - 1, checkpoint.last_event_id)
 
 
 def ledger_checkpoint(*, now: datetime.datetime | None = None) -> LedgerCheckpoint | None:
@@ -133,11 +138,12 @@ def ledger_checkpoint(*, now: datetime.datetime | None = None) -> LedgerCheckpoi
     with transaction.atomic():
         _exclusive_ledger_lock()
         previous = LedgerCheckpoint.objects.order_by("-id").first()
-        after = previous.last_event_id if previous else 0
-        last_id = ConsentEvent.objects.filter(id__gt=after).order_by("-id").values_list("id", flat=True).first()
+        after = previous.last_event_id if previous else None
+        newer = ConsentEvent.objects.all() if after is None else ConsentEvent.objects.filter(id__gt=after)
+        last_id = newer.order_by("-id").values_list("id", flat=True).first()
         if last_id is None:
             return None
-        ids, leaves = _leaves(after + 1, last_id)
+        ids, leaves = _leaves(after, last_id)
         checkpoint = LedgerCheckpoint(
             first_event_id=ids[0],
             last_event_id=ids[-1],
@@ -153,7 +159,9 @@ def ledger_checkpoint(*, now: datetime.datetime | None = None) -> LedgerCheckpoi
 
 
 def checkpoint_file_name(checkpoint: LedgerCheckpoint) -> str:
-    return f"checkpoint-{checkpoint.pk:010d}.json"
+    # The root is in the name: a checkpoint whose transaction rolled back after its file was written
+    # (an id SQLite may hand out again) leaves a file that cannot be mistaken for the next one.
+    return f"checkpoint-{checkpoint.pk:010d}-{checkpoint.root[:16]}.json"
 
 
 def _write_checkpoint_file(checkpoint: LedgerCheckpoint) -> None:
@@ -162,7 +170,7 @@ def _write_checkpoint_file(checkpoint: LedgerCheckpoint) -> None:
     path = folder / checkpoint_file_name(checkpoint)
     data = json.dumps(checkpoint_document(checkpoint), indent=2, sort_keys=True).encode()
     # "x": never overwrite a checkpoint file; a clash means something is badly wrong.
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
     with open(tmp, "xb") as handle:
         handle.write(data)
         handle.flush()
@@ -214,7 +222,7 @@ def _verify_chains(queryset, report: LedgerReport) -> None:
 
 
 def _verify_checkpoints(checkpoints: Iterable[LedgerCheckpoint], report: LedgerReport) -> None:
-    previous_root, previous_last = merkle.GENESIS_HASH, 0
+    previous_root, previous_last = merkle.GENESIS_HASH, None
     for checkpoint in checkpoints:
         report.checkpoints += 1
         where = f"checkpoint #{checkpoint.pk}"
@@ -222,7 +230,7 @@ def _verify_checkpoints(checkpoints: Iterable[LedgerCheckpoint], report: LedgerR
             report.problems.append(f"{where}: previous_root does not match checkpoint #{checkpoint.pk - 1}")
         # Every event after the previous checkpoint up to this one's last must be in it: a forged
         # insert with an old id, or a deleted event, changes the count and the root.
-        ids, leaves = _leaves(previous_last + 1, checkpoint.last_event_id)
+        ids, leaves = _leaves(previous_last, checkpoint.last_event_id)
         if len(ids) != checkpoint.event_count or (ids and ids[0] != checkpoint.first_event_id):
             report.problems.append(
                 f"{where}: covers {checkpoint.event_count} events from id {checkpoint.first_event_id}, "
@@ -231,6 +239,11 @@ def _verify_checkpoints(checkpoints: Iterable[LedgerCheckpoint], report: LedgerR
         if merkle.merkle_root(leaves) != checkpoint.root:
             report.problems.append(f"{where}: Merkle root of the events does not match the sealed root")
         path = checkpoint_dir() / checkpoint_file_name(checkpoint)
+        rivals = sorted(
+            p.name for p in checkpoint_dir().glob(f"checkpoint-{checkpoint.pk:010d}-*.json") if p.name != path.name
+        )
+        if rivals:
+            report.problems.append(f"{where}: other files claim the same checkpoint with another root: {', '.join(rivals)}")
         try:
             sealed = json.loads(path.read_text())
         except (OSError, ValueError):
