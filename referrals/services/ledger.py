@@ -243,7 +243,9 @@ def _verify_checkpoints(checkpoints: Iterable[LedgerCheckpoint], report: LedgerR
             p.name for p in checkpoint_dir().glob(f"checkpoint-{checkpoint.pk:010d}-*.json") if p.name != path.name
         )
         if rivals:
-            report.problems.append(f"{where}: other files claim the same checkpoint with another root: {', '.join(rivals)}")
+            report.problems.append(
+                f"{where}: other files claim the same checkpoint with another root: {', '.join(rivals)}"
+            )
         try:
             sealed = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -48,7 +48,9 @@ def test_named_partners_keep_what_was_disclosed(origination_api, payload, partne
 
 
 def test_personal_data_is_encrypted_at_rest(origination_api, payload):
-    origination_api.post(URL, payload(name="张三", national_id="11010519491231002X", phone="13812345678"), format="json")
+    origination_api.post(
+        URL, payload(name="张三", national_id="11010519491231002X", phone="13812345678"), format="json"
+    )
     with connection.cursor() as cursor:
         cursor.execute("SELECT name, national_id, phone, phone_index FROM referrals_applicant")
         row = " ".join(cursor.fetchone())

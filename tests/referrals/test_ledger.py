@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import datetime
 import io
+import itertools
 import json
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from referrals import merkle, triggers
+from referrals.api.views import _validate
 from referrals.models import Consent, ConsentEvent, LedgerCheckpoint
 from referrals.services import consents as consent_services
 from referrals.services import ledger
 from referrals.services.intake import applicant_intake
-from referrals.api.views import _validate
 from tests.factories import intake_payload
 
 
@@ -37,7 +39,9 @@ def consent(origination, text, partners):
 def add_events(consent, n: int, type_: str = "probe_sent"):
     for i in range(n):
         with transaction.atomic():
-            ledger.ledger_append(consent=consent, type=type_, payload={"partner": "PARTNER_A", "fields": ["phone_hash"], "n": i})
+            ledger.ledger_append(
+                consent=consent, type=type_, payload={"partner": "PARTNER_A", "fields": ["phone_hash"], "n": i}
+            )
 
 
 def verify(consent_id=None):
@@ -65,7 +69,7 @@ def test_events_form_a_hash_chain(consent):
     add_events(consent, 3)
     events = list(consent.events.order_by("seq"))
     assert [e.seq for e in events] == [1, 2, 3, 4]
-    for previous, event in zip(events, events[1:], strict=False):
+    for previous, event in itertools.pairwise(events):
         assert event.prev_hash == previous.hash
     document = merkle.event_document(
         consent_id=events[2].consent_id, seq=3, type="probe_sent", occurred_at=events[2].occurred_at,
@@ -82,9 +86,8 @@ def test_append_needs_a_transaction(consent):
 
 # --- database protection ------------------------------------------------------------------------
 def test_update_is_refused_by_the_database(consent):
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("UPDATE referrals_consentevent SET payload = '{}'")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE referrals_consentevent SET payload = '{}'")
 
 
 def test_delete_is_refused_by_the_database(consent):
@@ -105,9 +108,8 @@ def test_checkpoints_are_append_only(consent):
 
 @pytest.mark.postgres
 def test_truncate_is_refused_on_postgresql(consent):
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("TRUNCATE referrals_consentevent CASCADE")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("TRUNCATE referrals_consentevent CASCADE")
 
 
 def test_flush_refuses_the_ledger_unless_the_test_suite_allows_it(consent, settings):
@@ -129,7 +131,7 @@ def test_checkpoint_seals_everything_since_the_previous_one(origination, text, p
     assert second.first_event_id == first.last_event_id + 1
     sealed = json.loads((settings.SPILLWAY_CHECKPOINT_DIR / ledger.checkpoint_file_name(second)).read_text())
     assert sealed["root"] == second.root
-    ids, leaves = ledger.checkpoint_leaves(second)
+    _ids, leaves = ledger.checkpoint_leaves(second)
     assert merkle.merkle_root(leaves) == second.root
 
 
@@ -166,7 +168,10 @@ def test_verify_one_consent(sealed):
 
 def test_tampered_payload_is_found_and_named(sealed):
     target = sealed[1].events.get(seq=2)
-    raw("UPDATE referrals_consentevent SET payload = %s WHERE id = %s", [json.dumps({"partner": "PARTNER_Z"}), target.pk])
+    raw(
+        "UPDATE referrals_consentevent SET payload = %s WHERE id = %s",
+        [json.dumps({"partner": "PARTNER_Z"}), target.pk],
+    )
     ok, output = verify()
     assert not ok
     assert f"consent {sealed[1].pk} event #2 (id {target.pk})" in output.splitlines()[0]
@@ -203,11 +208,14 @@ def test_forged_insert_with_a_correct_looking_hash_is_found(sealed):
         consent_id=consent.pk, seq=last.seq + 1, type="withdrawn", occurred_at=last.occurred_at,
         payload={"forged": True}, prev_hash=last.hash,
     )  # fmt: skip
+    consent_key = consent.pk.hex if connection.vendor == "sqlite" else consent.pk
     raw(
-        "INSERT INTO referrals_consentevent (id, consent_id, seq, type, occurred_at, payload, prev_hash, hash, recorded_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        [checkpoint.first_event_id - 1, consent.pk.hex if connection.vendor == "sqlite" else consent.pk,
-         forged.seq, forged.type, forged.occurred_at, json.dumps(forged.payload), forged.prev_hash, forged.hash, forged.occurred_at],
+        "INSERT INTO referrals_consentevent (id, consent_id, seq, type, occurred_at, payload, prev_hash, hash,"
+        " recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        [
+            checkpoint.first_event_id - 1, consent_key, forged.seq, forged.type, forged.occurred_at,
+            json.dumps(forged.payload), forged.prev_hash, forged.hash, forged.occurred_at,
+        ],
     )  # fmt: skip
     ok, output = verify()
     assert not ok
@@ -235,7 +243,8 @@ def test_replaced_checkpoint_file_is_found(sealed, settings):
     path.write_text(json.dumps(document))
     ok, output = verify()
     assert not ok
-    assert "checkpoint #1" in output and "differs" in output
+    assert "checkpoint #1" in output
+    assert "differs" in output
 
 
 def test_missing_checkpoint_file_is_found(sealed, settings):
@@ -278,7 +287,9 @@ def test_random_histories_verify_and_checkpoints_cover_exactly_the_new_events(
             if action == "withdraw":
                 consent_services.consent_withdraw(actor=origination, consent=consent, channel="app", reason="不需要了")
             elif action == "expire":
-                Consent.objects.filter(pk=consent.pk).update(expires_at=consent.granted_at + datetime.timedelta(seconds=1))
+                Consent.objects.filter(pk=consent.pk).update(
+                    expires_at=consent.granted_at + datetime.timedelta(seconds=1)
+                )
                 consent_services.consents_expire_due()
             elif action == "checkpoint":
                 before = set(ConsentEvent.objects.values_list("id", flat=True)) - set(sealed_ids)
