@@ -198,6 +198,10 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "heartbeat": {"task": "config.tasks.heartbeat", "schedule": 60.0},
     "consents-expire-due": {"task": "referrals.consents_expire_due", "schedule": 60.0},
+    "dispatch-sweep": {
+        "task": "referrals.dispatch_sweep",
+        "schedule": float(env_int("SPILLWAY_SWEEP_SECONDS", 10, minimum=1)),
+    },
     "ledger-checkpoint": {
         "task": "referrals.ledger_checkpoint",
         "schedule": 60.0 * env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1),
@@ -235,4 +239,13 @@ SPILLWAY_CHECKPOINT_DIR = Path(env_str("SPILLWAY_CHECKPOINT_DIR", str(VAR_DIR / 
 SPILLWAY_CHECKPOINT_MINUTES = env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1)
 # A consent granted "in the future" by more than this clock skew is refused.
 SPILLWAY_CLOCK_SKEW_SECONDS = env_int("SPILLWAY_CLOCK_SKEW_SECONDS", 5, minimum=0)
+# Dispatch: probe window, retry schedule (partner-protocol.md), circuit breaker, leases.
+SPILLWAY_PROBE_WINDOW_SECONDS = env_int("SPILLWAY_PROBE_WINDOW_SECONDS", 30, minimum=1)
+SPILLWAY_RETRY_BACKOFF_SECONDS = [30, 120, 600, 3600, 21600]
+SPILLWAY_CIRCUIT_FAILURES = env_int("SPILLWAY_CIRCUIT_FAILURES", 5, minimum=1)
+SPILLWAY_CIRCUIT_COOLDOWN_SECONDS = env_int("SPILLWAY_CIRCUIT_COOLDOWN_SECONDS", 30, minimum=1)
+SPILLWAY_CIRCUIT_TRIAL_SECONDS = env_int("SPILLWAY_CIRCUIT_TRIAL_SECONDS", 15, minimum=1)
+SPILLWAY_DISPATCH_LEASE_MARGIN_SECONDS = env_int("SPILLWAY_DISPATCH_LEASE_MARGIN_SECONDS", 30, minimum=1)
+SPILLWAY_SWEEP_GRACE_SECONDS = env_int("SPILLWAY_SWEEP_GRACE_SECONDS", 60, minimum=1)
+SPILLWAY_CALLBACK_TOLERANCE_SECONDS = env_int("SPILLWAY_CALLBACK_TOLERANCE_SECONDS", 300, minimum=1)
 SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT = env_int("SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT", 1, minimum=1)

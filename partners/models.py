@@ -88,6 +88,10 @@ class Partner(models.Model):
         default="protocol_v1",
         help_text=_("The connector class that speaks this partner's API."),
     )
+    paused = models.BooleanField(
+        _("paused"), default=False, help_text=_("Operations pause: nothing is sent; queued work waits.")
+    )
+    pause_reason = models.CharField(_("pause reason"), max_length=200, blank=True)
     pia_reference = models.CharField(_("PIA reference"), max_length=64, blank=True)
     pia_completed_on = models.DateField(_("PIA completed on"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
@@ -100,7 +104,10 @@ class Partner(models.Model):
         verbose_name = _("partner")
         verbose_name_plural = _("partners")
         ordering = ["code"]
-        permissions = [("change_partner_status", _("Can activate, suspend or offboard partners"))]
+        permissions = [
+            ("change_partner_status", _("Can activate, suspend or offboard partners")),
+            ("operate_partner", _("Can pause or resume a partner and reset its circuit breaker")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.code} {self.name}"
@@ -274,3 +281,30 @@ class Contract(models.Model):
     @transition(field=status, source=[Status.ACTIVE, Status.SUPERSEDED], target=Status.TERMINATED)
     def terminate(self) -> None:
         """End this version at once."""
+
+
+class PartnerCircuit(models.Model):
+    """The circuit breaker of one partner: after repeated failures its calls wait (deferred, not
+    failed) until a cool-down passes; then one trial call decides whether it closes again."""
+
+    partner = models.OneToOneField(Partner, on_delete=models.CASCADE, primary_key=True, related_name="circuit")
+    consecutive_failures = models.PositiveIntegerField(_("consecutive failures"), default=0)
+    open_until = models.DateTimeField(_("open until"), null=True, blank=True)
+    opened_at = models.DateTimeField(_("opened at"), null=True, blank=True)
+    last_error = models.CharField(_("last error"), max_length=300, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("circuit breaker")
+        verbose_name_plural = _("circuit breakers")
+
+    def __str__(self) -> str:
+        return f"{self.partner_id}: {self.state}"
+
+    @property
+    def state(self) -> str:
+        from django.utils import timezone
+
+        if self.open_until is None:
+            return "closed"
+        return "open" if self.open_until > timezone.now() else "half_open"

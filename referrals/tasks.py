@@ -25,3 +25,32 @@ def ledger_checkpoint_task() -> int | None:
         return None
     log.info("ledger checkpoint", checkpoint=checkpoint.pk, events=checkpoint.event_count, root=checkpoint.root)
     return checkpoint.pk
+
+
+@shared_task(name="referrals.dispatch_send")
+def dispatch_send_task(dispatch_ids: list[int]) -> dict:
+    """Send the given dispatches (one message per applicant or per sweep batch, not per row)."""
+    from referrals.services.dispatch import dispatch_send
+
+    outcomes: dict[str, int] = {}
+    for dispatch_id in dispatch_ids:
+        outcome = dispatch_send(dispatch_id)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
+@shared_task(name="referrals.dispatch_sweep")
+def dispatch_sweep_task() -> dict:
+    from referrals.services.dispatch import dispatch_sweep
+
+    result = dispatch_sweep()
+    if any(result.values()):
+        log.info("dispatch sweep", **result)
+    return result
+
+
+@shared_task(name="referrals.callback_apply")
+def callback_apply_task(event_id: int) -> str:
+    from referrals.services.callbacks import callback_apply
+
+    return callback_apply(event_id)

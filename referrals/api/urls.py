@@ -1,5 +1,7 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from referrals.api.callbacks import PartnerCallbackView
 from referrals.api.views import ApplicantViewSet, ConsentTextViewSet, ConsentViewSet
 
 router = SimpleRouter()
@@ -7,4 +9,7 @@ router.register("consent-texts", ConsentTextViewSet, basename="consent-text")
 router.register("applicants", ApplicantViewSet, basename="applicant")
 router.register("consents", ConsentViewSet, basename="consent")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("partners/<str:code>/callbacks/", PartnerCallbackView.as_view(), name="partner-callbacks"),
+    *router.urls,
+]

@@ -100,6 +100,7 @@ class ConsentViewSet(viewsets.GenericViewSet):
     """A consent's withdrawal and its ledger."""
 
     queryset = Consent.objects.all()
+    serializer_class = WithdrawSerializer  # what OPTIONS describes; without it OPTIONS …/withdraw/ was a 500
     permission_map = {"withdraw": "referrals.withdraw_consent", "events": "referrals.view_consentevent"}
 
     @extend_schema(request=WithdrawSerializer, responses=WithdrawResultSerializer)
@@ -120,7 +121,7 @@ class ConsentViewSet(viewsets.GenericViewSet):
         )
 
     @extend_schema(responses=ConsentEventSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)  # a plain list, and the schema says so
     def events(self, request, pk=None):
         """The consent's ledger events in order, with their hashes."""
         consent = self.get_object()

@@ -8,5 +8,24 @@ from referrals.models.consent import (
     ConsentText,
     LedgerCheckpoint,
 )
+from referrals.models.dispatch import Dispatch, DispatchAttempt
+from referrals.models.loan import CallbackEvent, Loan, LoanOverdue, Repayment
+from referrals.models.referral import CapCounter, Referral, RoutingDecision
 
-__all__ = ["Applicant", "Consent", "ConsentEvent", "ConsentRecipient", "ConsentText", "LedgerCheckpoint"]
+__all__ = [
+    "Applicant",
+    "CallbackEvent",
+    "CapCounter",
+    "Consent",
+    "ConsentEvent",
+    "ConsentRecipient",
+    "ConsentText",
+    "Dispatch",
+    "DispatchAttempt",
+    "LedgerCheckpoint",
+    "Loan",
+    "LoanOverdue",
+    "Referral",
+    "Repayment",
+    "RoutingDecision",
+]

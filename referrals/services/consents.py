@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -15,13 +14,10 @@ from django.utils.translation import gettext as _
 
 from referrals import merkle
 from referrals.models import Applicant, Consent, ConsentEvent, ConsentText, LedgerCheckpoint
+from referrals.services import dispatch
 from referrals.services.ledger import checkpoint_document, checkpoint_leaves, ledger_append
 
 REVEALABLE_FIELDS = ("name", "national_id", "phone")
-
-# Called inside the withdrawal transaction, with the consent row locked; each returns the ids of
-# the referrals it cancelled. The dispatch code registers itself here (see referrals.apps).
-on_withdrawal: list[Callable[[Consent], list]] = []
 
 
 def consent_text_create(*, actor, code: str, body: str, validity_days: int, language: str = "zh-hans") -> ConsentText:
@@ -49,7 +45,13 @@ def consent_withdraw(
     *, actor, consent: Consent, channel: str, reason: str = "", withdrawn_at: datetime.datetime | None = None
 ) -> WithdrawalResult:
     """Withdraw a consent. When this returns, nothing more is sent under it (but the withdrawal
-    notice to partners that already received data). Withdrawing twice changes nothing."""
+    notice to partners that already received data). Withdrawing twice changes nothing.
+
+    1. lock the consent (the lock every send takes while it checks the consent), mark it
+       withdrawn, cancel every pending probe and application, record it in the ledger, commit;
+    2. wait for calls already in flight to finish (bounded by the partners' timeouts);
+    3. queue a withdrawal notice for every partner that received data under the consent.
+    """
     with transaction.atomic():
         consent = Consent.objects.select_for_update().get(pk=consent.pk)
         if consent.status == Consent.Status.WITHDRAWN:
@@ -61,7 +63,7 @@ def consent_withdraw(
         consent.withdrawal_channel = channel
         consent.withdrawal_reason = reason
         consent.save(update_fields=["status", "withdrawn_at", "withdrawal_channel", "withdrawal_reason"])
-        cancelled = [ref for hook in on_withdrawal for ref in hook(consent)]
+        cancelled = dispatch.cancel_for_consent(consent)
         ledger_append(
             consent=consent,
             type=ConsentEvent.Type.WITHDRAWN,
@@ -74,6 +76,8 @@ def consent_withdraw(
                 "cancelled_referrals": [str(ref) for ref in cancelled],
             },
         )
+    dispatch.wait_for_in_flight(consent)
+    dispatch.withdrawal_notices(consent)
     return WithdrawalResult(consent, cancelled)
 
 
@@ -97,7 +101,7 @@ def consents_expire_due(*, now: datetime.datetime | None = None, limit: int = 10
             consent.expire()
             consent.expired_at = consent.expires_at
             consent.save(update_fields=["status", "expired_at"])
-            cancelled = [ref for hook in on_withdrawal for ref in hook(consent)]
+            cancelled = dispatch.cancel_for_consent(consent)
             ledger_append(
                 consent=consent,
                 type=ConsentEvent.Type.EXPIRED,

@@ -20,13 +20,10 @@ from referrals import merkle
 from referrals.models import Applicant, Consent, ConsentRecipient, ConsentText
 from referrals.models.consent import ConsentEvent
 from referrals.services.ledger import genesis_events
+from referrals.services.routing import referral_route
 from referrals.validators import birth_date_of
 
 MAX_BATCH = 1000
-
-# Hooks run inside the intake transaction with the newly created applicants (routing registers
-# itself here, so intake does not need to know how referrals are made).
-after_intake: list[Callable[[list[Applicant]], None]] = []
 
 
 @dataclass
@@ -116,8 +113,8 @@ def _intake_once(*, actor, items, validate) -> list[IntakeResult]:
 
     with transaction.atomic():
         created = _create(actor=actor, fresh=fresh)
-        for hook in after_intake:
-            hook(list(created.values()))
+        # Routing runs in the same transaction: an applicant is never stored without its referrals.
+        referral_route(list(created.values()))
 
     by_external = {a.external_id: a for a in created.values()}
     for result in results:

@@ -9,8 +9,8 @@ import logging
 import pytest
 from django.db import connection
 
-from referrals.models import Applicant, Consent, ConsentEvent, ConsentRecipient
-from tests.factories import national_id
+from referrals.models import Applicant, Consent, ConsentEvent, ConsentRecipient, Dispatch, Referral
+from tests.factories import make_contract, national_id
 
 URL = "/api/v1/applicants/"
 
@@ -203,16 +203,22 @@ def test_batch_with_mixed_items(origination_api, payload):
     assert ConsentEvent.objects.filter(type="granted").count() == 3
 
 
-def test_batch_of_1000_uses_a_bounded_number_of_queries(origination_api, payload, django_assert_max_num_queries):
+def test_batch_of_1000_uses_a_bounded_number_of_queries(
+    origination_api, payload, partners, partnership_manager, compliance_officer, django_assert_max_num_queries
+):
+    for partner in partners:
+        make_contract(partner, drafter=partnership_manager, approver=compliance_officer, eligibility={})
     items = [payload(seq=i) for i in range(1, 1001)]
     # Bulk inserts: a few statements per table (SQLite splits them by its 999-parameter limit),
-    # one query per lookup kind — not one round trip per applicant (that would be 4,000+).
-    with django_assert_max_num_queries(80):
+    # one query per lookup kind, a few for the caps — not round trips per applicant (10,000+).
+    with django_assert_max_num_queries(250):
         response = origination_api.post(f"{URL}batch/", {"items": items}, format="json")
     assert response.status_code == 200
     assert {r["status"] for r in response.json()["results"]} == {201}
     assert Applicant.objects.count() == 1000
     assert ConsentRecipient.objects.count() == 2000
+    assert Referral.objects.count() == 2000
+    assert Dispatch.objects.filter(kind="probe").count() == 2000
 
 
 @pytest.mark.parametrize("body", [{}, {"items": []}, {"items": "x"}])
