@@ -8,11 +8,14 @@ the real partner would, and answers per ``partner-protocol.md``.
 
 Decisions are pseudo-random but reproducible: a decision is a function of the seed, the partner and
 the referral id, so the same referral gets the same answer in every run with the same ``--seed``
-(whatever order the requests arrive in). Faults (HTTP 500, latency) are drawn from one seeded
-stream per run.
+(whatever order the requests arrive in). Faults — timeouts (some *after* the request was processed),
+5xx, 429 — are drawn the same way per idempotency key (or referral) and attempt number; downtime
+windows answer 503 (or drop the connection) for one partner for a while.
 
-State (applications, notices) is kept in memory only and holds no personal data: the simulator
-remembers which applicant *fields* arrived, never their values.
+Every request is recorded for verification (:meth:`PartnerSimulator.records`, ``GET /_sim/records``)
+and accepted applications live on as signed callbacks to Spillway (``partners/simulator_callbacks.py``).
+State is kept in memory only and holds no personal data: the simulator remembers ids and which
+applicant *fields* arrived, never their values.
 """
 
 from __future__ import annotations
@@ -24,20 +27,23 @@ import random
 import secrets
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from django.db import connections
 
 from partners import signing
+from partners.simulator_callbacks import CallbackConfig, CallbackScheduler
 
 log = logging.getLogger("partners.simulator")
 
 ACTIONS = ("probe", "applications", "withdrawals", "reclaims")
+KINDS = {"probe": "probe", "applications": "application", "withdrawals": "withdrawal", "reclaims": "reclaim"}
 MAX_BODY_BYTES = 1024 * 1024
 
 # Sending any of these to a partner breaks the central bank's rule against platforms passing credit
@@ -52,6 +58,28 @@ APPLICATION_REJECT_REASONS = ("risk_model", "income_unverified", "multi_lending"
 
 
 @dataclass(frozen=True)
+class DowntimeWindow:
+    """One partner answers nothing useful from ``start_s`` for ``duration_s`` (relative to start)."""
+
+    partner_code: str
+    start_s: float
+    duration_s: float
+
+    @classmethod
+    def parse(cls, text: str) -> DowntimeWindow:
+        """``PARTNER_CODE:start_s:duration_s``, as ``--down`` takes it."""
+        code, sep, rest = text.rpartition(":")
+        code, sep2, start = code.rpartition(":")
+        try:
+            window = cls(code.strip(), float(start), float(rest))
+        except ValueError:
+            window = None
+        if not (sep and sep2 and window and window.partner_code) or window.start_s < 0 or window.duration_s <= 0:
+            raise ValueError(f"a downtime window is PARTNER_CODE:start_s:duration_s, not {text!r}")
+        return window
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     """How the simulated partners behave during one run."""
 
@@ -59,20 +87,33 @@ class SimulatorConfig:
     application_accept_rate: float = 0.6
     application_pending_rate: float = 0.0
     latency_ms: int = 0
-    error_rate: float = 0.0
+    error_rate: float = 0.0  # answered 500/502/503, nothing processed
+    throttle_rate: float = 0.0  # answered 429, nothing processed
+    timeout_rate: float = 0.0  # held for timeout_hold_ms, past the caller's timeout
+    timeout_after_accept_rate: float = 0.5  # of timeouts: the request was processed before the hold
+    timeout_hold_ms: int = 5000
+    downtime: tuple[DowntimeWindow, ...] = ()
+    down_mode: str = "503"  # "503", or "drop": close the connection without an answer
     seed: int | None = None
     refresh_seconds: float = 30.0
     tolerance_seconds: int = signing.DEFAULT_TOLERANCE_SECONDS
+    max_records: int = 200_000  # the oldest request records are dropped beyond this (long demo runs)
+    callbacks: CallbackConfig | None = None  # None: the partners never call back
 
     def __post_init__(self) -> None:
-        for name in ("probe_accept_rate", "application_accept_rate", "application_pending_rate", "error_rate"):
+        rates = ("probe_accept_rate", "application_accept_rate", "application_pending_rate", "error_rate")
+        for name in (*rates, "throttle_rate", "timeout_rate", "timeout_after_accept_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
-        if self.latency_ms < 0:
-            raise ValueError("latency_ms must not be negative")
-        if self.refresh_seconds <= 0:
-            raise ValueError("refresh_seconds must be positive")
+        if self.error_rate + self.throttle_rate + self.timeout_rate > 1.0:
+            raise ValueError("error_rate + throttle_rate + timeout_rate must not exceed 1")
+        if self.latency_ms < 0 or self.timeout_hold_ms < 0:
+            raise ValueError("latency_ms and timeout_hold_ms must not be negative")
+        if self.refresh_seconds <= 0 or self.max_records < 1:
+            raise ValueError("refresh_seconds and max_records must be positive")
+        if self.down_mode not in ("503", "drop"):
+            raise ValueError(f"down_mode must be 503 or drop, not {self.down_mode!r}")
 
 
 @dataclass(frozen=True)
@@ -164,8 +205,31 @@ class CredentialStore:
             self.reload()
         return self._by_segment.get(segment)
 
+    def cached(self, segment: str) -> PartnerCredentials | None:
+        """The loaded credentials, never touching the database (for the callback senders)."""
+        return self._by_segment.get(segment)
+
     def segments(self) -> list[str]:
         return sorted(self._by_segment)
+
+
+@dataclass
+class RequestRecord:
+    """One request a simulated partner received and what it answered: ids and field names only."""
+
+    partner: str
+    kind: str  # probe | application | withdrawal | reclaim
+    received_at: float  # time.time()
+    idempotency_key: str | None = None
+    referral_id: str | None = None
+    consent_id: str | None = None
+    fields: list[str] = field(default_factory=list)  # applicant field names of an application
+    status: int | None = None  # None while the answer is being held (a simulated timeout)
+    # answered | replayed | unauthorized | bad_request | down | error | throttled | timeout
+    # (nothing processed) | timeout_after_accept (processed, then held past the caller's timeout)
+    outcome: str = ""
+    answer: dict[str, Any] = field(default_factory=dict)
+    answered_at: float | None = None
 
 
 @dataclass
@@ -178,6 +242,7 @@ class SimulatedApplication:
     answer: dict[str, Any]
     fields: list[str]
     received_at: float
+    consent_id: str = ""
 
 
 @dataclass
@@ -199,6 +264,9 @@ class SimulatorState:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     applications: dict[tuple[str, str], SimulatedApplication] = field(default_factory=dict)
     notices: dict[tuple[str, str, str], SimulatedNotice] = field(default_factory=dict)
+    records: deque[RequestRecord] = field(default_factory=deque)
+    dropped_records: int = 0
+    attempts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     probes: int = 0
     requests: int = 0
 
@@ -221,6 +289,9 @@ class SimResponse:
     body: dict[str, Any]
     partner: str = "-"
     note: str = ""
+    outcome: str = "answered"
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the connection without answering (a partner that is down)
 
 
 class _BadRequest(Exception):
@@ -233,10 +304,9 @@ class PartnerSimulator:
     """Stand-in partner lenders for every partner in the database whose URL ends in a segment.
 
     ``handle()`` is the whole protocol logic, independent of HTTP; ``serve_forever()`` / ``start()``
-    put it behind a threaded stdlib server. Extension points for later work: ``_inject_fault()``
-    (timeouts, downtime windows) and the stored ``SimulatedApplication`` rows with their partner
-    code and referral id (asynchronous decisions as signed callbacks to
-    ``/api/v1/partners/{code}/callbacks/``, using :func:`partners.signing.sign`).
+    put it behind a threaded stdlib server. ``records()`` is what the partners saw (for checks
+    after a chaos run); ``callbacks`` (a :class:`CallbackScheduler`, when configured) tells
+    Spillway what became of each accepted application.
     """
 
     def __init__(
@@ -253,41 +323,74 @@ class PartnerSimulator:
         self.host = host
         self.port = port
         self.credentials = credentials or CredentialStore(refresh_seconds=self.config.refresh_seconds)
-        self.state = SimulatorState()
+        self.state = SimulatorState(records=deque(maxlen=self.config.max_records))
         self._clock = clock
-        self._faults = random.Random(f"{self.seed}:faults")  # noqa: S311 — simulation, not security
-        self._faults_lock = threading.Lock()
+        self._started = time.monotonic()  # downtime windows count from here (reset when serving starts)
+        self.started_at = clock()
+        self._stopping = threading.Event()
         self._httpd: _SimulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.callbacks: CallbackScheduler | None = None
+        if self.config.callbacks is not None:
+            self.callbacks = CallbackScheduler(
+                self.config.callbacks,
+                seed=self.seed,
+                credentials=lambda creds: self.credentials.cached(creds.segment) or creds,
+                downtime_end=self.downtime_end,
+                clock=clock,
+            )
 
-    # --- decisions ----------------------------------------------------------------------------
+    # --- decisions and faults -----------------------------------------------------------------
     def _draw(self, *parts: str) -> random.Random:
         """A generator determined by the seed and ``parts`` only (not by request order)."""
         return random.Random(":".join((str(self.seed), *parts)))  # noqa: S311 — simulation
 
-    def _inject_fault(self) -> SimResponse | None:
-        """Latency and random HTTP 500s; later: timeouts and downtime windows."""
-        if self.config.latency_ms:
-            time.sleep(self.config.latency_ms / 1000)
-        if self.config.error_rate:
-            with self._faults_lock:
-                fail = self._faults.random() < self.config.error_rate
-            if fail:
-                return SimResponse(
-                    HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "simulated partner failure"}, note="fault"
-                )
+    def downtime_end(self, partner_code: str) -> float | None:
+        """The monotonic time a partner's current downtime ends, or None when it is up."""
+        elapsed = time.monotonic() - self._started
+        for window in self.config.downtime:
+            end = window.start_s + window.duration_s
+            if window.partner_code.lower() == partner_code.lower() and window.start_s <= elapsed < end:
+                return self._started + end
         return None
+
+    def _draw_fault(self, creds: PartnerCredentials, action: str, record: RequestRecord) -> tuple[str | None, bool]:
+        """``(fault, after_processing)`` for this attempt: a function of the seed, the partner, the
+        idempotency key (or referral) and how many times it was seen — so a retry draws afresh."""
+        config = self.config
+        if not (config.error_rate or config.throttle_rate or config.timeout_rate):
+            return None, False
+        subject = record.idempotency_key or record.referral_id or "-"
+        with self.state.lock:
+            attempt = self.state.attempts[(creds.segment, action, subject)]
+            self.state.attempts[(creds.segment, action, subject)] += 1
+        draw = self._draw(creds.segment, action, subject, "fault", str(attempt))
+        roll = draw.random()
+        if roll < config.timeout_rate:
+            return "timeout", draw.random() < config.timeout_after_accept_rate
+        if roll < config.timeout_rate + config.error_rate:
+            return f"error:{draw.choice((500, 500, 502, 503))}", False
+        if roll < config.timeout_rate + config.error_rate + config.throttle_rate:
+            return "throttle", False
+        return None, False
+
+    def _hold(self) -> None:
+        """Keep the caller waiting past its timeout (cut short when the simulator stops)."""
+        self._stopping.wait(self.config.timeout_hold_ms / 1000)
 
     # --- the protocol -------------------------------------------------------------------------
     def handle(self, method: str, path: str, headers: Any, body: bytes) -> SimResponse:
-        """Answer one request as the partner at ``/<segment>/<action>`` would."""
+        """Answer one request as the partner at ``/<segment>/<action>`` would, and record it."""
         with self.state.lock:
             self.state.requests += 1
-        parts = [part for part in urlsplit(path).path.split("/") if part]
+        url = urlsplit(path)
+        parts = [part for part in url.path.split("/") if part]
         if method == "GET" and not parts:
             return SimResponse(
                 HTTPStatus.OK, {"status": "ok", "partners": self.credentials.segments(), **self.state.counts()}
             )
+        if method == "GET" and parts == ["_sim", "records"]:
+            return SimResponse(HTTPStatus.OK, self.records(parse_qs(url.query).get("partner", [None])[0]))
         if len(parts) != 2 or parts[1] not in ACTIONS:
             return SimResponse(HTTPStatus.NOT_FOUND, {"error": "unknown endpoint"})
         if method != "POST":
@@ -296,26 +399,70 @@ class PartnerSimulator:
         creds = self.credentials.get(segment)
         if creds is None:
             return SimResponse(HTTPStatus.NOT_FOUND, {"error": "unknown partner"})
+        record = RequestRecord(creds.code, KINDS[action], self._clock(), _header(headers, "Idempotency-Key"))
+        with self.state.lock:
+            if len(self.state.records) == self.state.records.maxlen:
+                self.state.dropped_records += 1
+            self.state.records.append(record)
+        response = self._answer(creds, action, headers, body, record)
+        response.partner = creds.code
+        with self.state.lock:
+            record.status, record.outcome, record.answered_at = response.status, response.outcome, self._clock()
+            record.answer = dict(response.body)
+        return response
+
+    def _answer(
+        self, creds: PartnerCredentials, action: str, headers: Any, body: bytes, record: RequestRecord
+    ) -> SimResponse:
+        down_until = self.downtime_end(creds.code)
+        if down_until is not None:  # down: nothing is checked, nothing is processed
+            retry_after = str(max(1, round(down_until - time.monotonic())))
+            return SimResponse(
+                HTTPStatus.SERVICE_UNAVAILABLE, {"error": "partner down for maintenance"}, note="down",
+                outcome="down", headers={"Retry-After": retry_after}, drop=self.config.down_mode == "drop",
+            )  # fmt: skip
         try:
             self._verify(creds, headers, body)
         except signing.SignatureError as exc:
             return SimResponse(
-                HTTPStatus.UNAUTHORIZED, {"error": f"signature {exc.reason}"}, creds.code, f"auth={exc.reason}"
-            )
-        fault = self._inject_fault()
-        if fault is not None:
-            fault.partner = creds.code
-            return fault
+                HTTPStatus.UNAUTHORIZED, {"error": f"signature {exc.reason}"}, note=f"auth={exc.reason}",
+                outcome="unauthorized",
+            )  # fmt: skip
         try:
             payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            _describe(record, payload)
+        fault, after_processing = self._draw_fault(creds, action, record)
+        if self.config.latency_ms:
+            time.sleep(self.config.latency_ms / 1000)
+        if fault is not None and fault.startswith("error:"):
+            status = int(fault.split(":")[1])
+            return SimResponse(status, {"error": "simulated partner failure"}, note="fault", outcome="error")
+        if fault == "throttle":
+            return SimResponse(
+                HTTPStatus.TOO_MANY_REQUESTS, {"error": "rate limit exceeded"}, note="fault", outcome="throttled",
+                headers={"Retry-After": "1"},
+            )  # fmt: skip
+        if fault == "timeout" and not after_processing:
+            self._hold()
+            return SimResponse(
+                HTTPStatus.GATEWAY_TIMEOUT, {"error": "simulated timeout"}, note="fault", outcome="timeout"
+            )
+        try:
             if not isinstance(payload, dict):
-                raise _BadRequest("body must be a JSON object")
-            key = _header(headers, "Idempotency-Key")
-            response = getattr(self, f"_{action}")(creds, payload, key)
-        except (ValueError, _BadRequest) as exc:
-            message = exc.message if isinstance(exc, _BadRequest) else "body is not valid JSON"
-            return SimResponse(HTTPStatus.BAD_REQUEST, {"error": message}, creds.code, "bad-request")
-        response.partner = creds.code
+                raise _BadRequest("body must be a JSON object" if payload is not None else "body is not valid JSON")
+            response = getattr(self, f"_{action}")(creds, payload, record.idempotency_key)
+        except _BadRequest as exc:
+            response = SimResponse(
+                HTTPStatus.BAD_REQUEST, {"error": exc.message}, note="bad-request", outcome="bad_request"
+            )
+        if fault == "timeout":
+            # The partner did the work (an application stored, a notice acknowledged) but the caller
+            # gives up before the answer: its retry with the same Idempotency-Key must get a replay.
+            self._hold()
+            response.outcome = "timeout_after_accept"
         return response
 
     def _verify(self, creds: PartnerCredentials, headers: Any, body: bytes) -> None:
@@ -384,12 +531,24 @@ class PartnerSimulator:
                 "decision": "rejected",
                 "reason": draw.choice(APPLICATION_REJECT_REASONS),
             }
-        application = SimulatedApplication(creds.code, referral_id, key, answer, sorted(applicant), self._clock())
+        application = SimulatedApplication(
+            creds.code, referral_id, key, answer, sorted(applicant), self._clock(), str(consent["id"])
+        )
         with self.state.lock:
             # Two concurrent first deliveries: whichever stored first wins, the other replays it.
             stored = self.state.applications.setdefault((creds.segment, key), application)
         if stored is not application:
             return self._replay(stored.answer, key)
+        if self.callbacks is not None and answer["decision"] != "rejected":
+            later = None
+            if answer["decision"] == "pending":
+                later = "accepted" if draw.random() < self.config.application_accept_rate else "rejected"
+            self.callbacks.application_created(
+                creds, referral_id, application_id, answer["decision"], later_decision=later,
+                # Loan size only: the simulator keeps the loan's amounts, not the applicant's data.
+                requested_amount=applicant.get("requested_amount"),
+                requested_term_months=applicant.get("requested_term_months"),
+            )  # fmt: skip
         return SimResponse(HTTPStatus.OK, answer, note=f"referral={referral_id} decision={answer['decision']}")
 
     def _notice(
@@ -405,6 +564,8 @@ class PartnerSimulator:
             stored = self.state.notices.setdefault((kind, creds.segment, key), notice)
         if stored is not notice:
             return self._replay(stored.answer, key)
+        if kind == "withdrawals" and self.callbacks is not None:
+            self.callbacks.referral_withdrawn(creds.code, str(payload["referral_id"]))
         return SimResponse(HTTPStatus.OK, answer, note=f"{kind}={key}")
 
     def _withdrawals(self, creds: PartnerCredentials, payload: dict[str, Any], key: str | None) -> SimResponse:
@@ -421,12 +582,62 @@ class PartnerSimulator:
 
     @staticmethod
     def _replay(answer: dict[str, Any], key: str) -> SimResponse:
-        return SimResponse(HTTPStatus.OK, dict(answer), note=f"replay key={key}")
+        return SimResponse(HTTPStatus.OK, dict(answer), note=f"replay key={key}", outcome="replayed")
 
-    # --- lookups for tests and later callbacks --------------------------------------------------
+    # --- records ------------------------------------------------------------------------------
     def applications_for(self, partner_code: str) -> list[SimulatedApplication]:
         with self.state.lock:
             return [app for app in self.state.applications.values() if app.partner_code == partner_code]
+
+    def requests_received(self, partner_code: str | None = None, kind: str | None = None) -> list[RequestRecord]:
+        """Copies of the request records, oldest first (``kind``: probe, application, ...)."""
+        with self.state.lock:
+            return [
+                RequestRecord(**asdict(record))
+                for record in self.state.records
+                if (partner_code is None or record.partner == partner_code) and (kind is None or record.kind == kind)
+            ]
+
+    def records(self, partner_code: str | None = None) -> dict[str, Any]:
+        """Everything the partners saw and sent, per partner code, as JSON-ready data.
+
+        ``requests``: every request with its kind, ids, Idempotency-Key, received time, status,
+        outcome and answer; ``applications``: the distinct applications stored, per referral;
+        ``withdrawals``: the withdrawal notices acknowledged; ``callbacks``: each event sent back
+        to Spillway with its deliveries and the status each got.
+        """
+        wanted = partner_code.lower() if partner_code else None
+        partners: dict[str, dict[str, Any]] = {}
+
+        def entry(code: str) -> dict[str, Any] | None:
+            if wanted is not None and code.lower() != wanted:
+                return None
+            return partners.setdefault(code, {"requests": [], "applications": {}, "withdrawals": [], "callbacks": []})
+
+        with self.state.lock:
+            for record in self.state.records:
+                if (into := entry(record.partner)) is not None:
+                    into["requests"].append(asdict(record))
+            for app in self.state.applications.values():
+                if (into := entry(app.partner_code)) is not None:
+                    into["applications"].setdefault(app.referral_id, []).append(
+                        {
+                            "application_id": app.answer.get("application_id"), "decision": app.answer.get("decision"),
+                            "idempotency_key": app.idempotency_key, "consent_id": app.consent_id,
+                            "fields": list(app.fields), "received_at": app.received_at,
+                        }
+                    )  # fmt: skip
+            for notice in self.state.notices.values():
+                if notice.kind == "withdrawals" and (into := entry(notice.partner_code)) is not None:
+                    ids = {name: notice.payload.get(name) for name in ("consent_id", "referral_id")}
+                    into["withdrawals"].append(
+                        {**ids, "idempotency_key": notice.idempotency_key, "received_at": notice.received_at}
+                    )
+            dropped = self.state.dropped_records
+        for event in self.callbacks.records() if self.callbacks else []:
+            if (into := entry(event["partner"])) is not None:
+                into["callbacks"].append(event)
+        return {"seed": self.seed, "started_at": self.started_at, "dropped_requests": dropped, "partners": partners}
 
     def describe(self) -> dict[str, Any]:
         return {"seed": self.seed, **asdict(self.config)}
@@ -443,14 +654,23 @@ class PartnerSimulator:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def _begin(self) -> None:
+        self._started, self.started_at = time.monotonic(), self._clock()
+        if self.callbacks is not None:
+            self.callbacks.start()
+
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve until :meth:`stop` (from another thread) or an interrupt; ``poll_interval`` bounds
         how long a stop takes."""
-        self.bind().serve_forever(poll_interval=poll_interval)
+        httpd = self.bind()
+        if self._thread is None:
+            self._begin()
+        httpd.serve_forever(poll_interval=poll_interval)
 
     def start(self) -> threading.Thread:
         """Serve in a daemon thread (tests); stop with :meth:`stop`."""
         self.bind()
+        self._begin()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, name="partner-simulator", daemon=True
         )
@@ -458,6 +678,9 @@ class PartnerSimulator:
         return self._thread
 
     def stop(self) -> None:
+        self._stopping.set()  # releases requests held by a simulated timeout
+        if self.callbacks is not None:
+            self.callbacks.stop()
         if self._httpd is not None:
             if self._thread is not None:
                 self._httpd.shutdown()
@@ -469,6 +692,18 @@ class PartnerSimulator:
 def _header(headers: Any, name: str) -> str | None:
     value = headers.get(name)
     return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _describe(record: RequestRecord, payload: dict[str, Any]) -> None:
+    """Copy a request's ids and applicant field *names* into its record (never a value)."""
+    for name in ("referral_id", "consent_id"):
+        if isinstance(payload.get(name), str):
+            setattr(record, name, payload[name])
+    consent, applicant = payload.get("consent"), payload.get("applicant")
+    if isinstance(consent, dict) and isinstance(consent.get("id"), str):
+        record.consent_id = consent["id"]
+    if isinstance(applicant, dict):
+        record.fields = sorted(str(name) for name in applicant)
 
 
 def _required_str(payload: dict[str, Any], name: str) -> str:
@@ -522,7 +757,10 @@ class _Handler(BaseHTTPRequestHandler):
             finally:
                 # Each handler thread opened its own database connection (if it reloaded secrets).
                 connections.close_all()
-        self._send(response)
+        if response.drop:
+            self.close_connection = True  # the caller sees the connection closed, no answer
+        else:
+            self._send(response)
         elapsed = (time.perf_counter() - started) * 1000
         level = logging.INFO if response.status < 400 else logging.WARNING
         # One line per request: path, partner, status, referral/decision — ids only, no personal data.
@@ -542,8 +780,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        try:
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller gave up (a simulated timeout held past its deadline): expected, not an error.
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the stdlib's access log; :meth:`_dispatch` logs one line per request."""

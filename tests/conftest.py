@@ -137,3 +137,68 @@ def _fast_password_hasher(settings):
 def _checkpoint_dir(settings, tmp_path):
     """Each test writes its ledger checkpoint files to its own folder."""
     settings.SPILLWAY_CHECKPOINT_DIR = tmp_path / "checkpoints"
+
+
+# --- browser tests (Playwright with Debian's Chromium; see docs in design/browser-tests.md) --------
+BROWSER_FIXTURES = {"page", "context", "new_context", "browser", "launch_browser", "browser_type", "playwright"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Any test that drives a browser gets the ``browser`` marker (and so the Chromium gate)."""
+    for item in items:
+        if BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def playwright():
+    """pytest-playwright's fixture, plus DJANGO_ALLOW_ASYNC_UNSAFE for as long as it lives.
+
+    Playwright's sync API keeps an event loop marked as running in the main thread while it is
+    started, and Django then refuses every ORM call in that thread — in tests, fixtures and the
+    database flush after them. Setting the variable only around browser tests does not work.
+    """
+    from playwright.sync_api import sync_playwright
+
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    started = sync_playwright().start()
+    try:
+        yield started
+    finally:
+        started.stop()
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(pytestconfig):
+    """Debian's Chromium, never a downloaded one; no calls to hosts this machine cannot reach."""
+    return {
+        "executable_path": chromium_path() or os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"),
+        "headless": not pytestconfig.getoption("--headed"),
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-first-run",
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    """Chinese UI: headless Chromium would otherwise send ``Accept-Language: en-US``."""
+    return {**browser_context_args, "locale": "zh-CN", "accept_downloads": True}
+
+
+@pytest.fixture(scope="session")
+def base_url():
+    """No base URL (tests use ``live_server.url``); pytest-playwright's own fallback warns under pytest 9."""
+    return None

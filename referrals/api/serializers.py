@@ -12,7 +12,7 @@ from rest_framework import serializers
 from partners.terms import CREDIT_GRADES
 from referrals import validators
 from referrals.models import Applicant, Consent, ConsentEvent, ConsentText
-from referrals.models.consent import DATA_CATEGORIES, PURPOSES
+from referrals.models.consent import DATA_CATEGORIES, PURPOSES, TEXT_CODE_VALIDATOR
 
 HEX64 = r"^[0-9a-fA-F]{64}$"
 
@@ -32,7 +32,7 @@ def _not_in_future(value: datetime.datetime) -> datetime.datetime:
 
 class ConsentTextSerializer(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    code = serializers.RegexField(r"^[a-z0-9][a-z0-9._-]{1,63}$", max_length=64)
+    code = serializers.CharField(max_length=64, validators=[TEXT_CODE_VALIDATOR])
     language = serializers.ChoiceField(choices=[code for code, _name in settings.LANGUAGES], default="zh-hans")
     validity_days = serializers.IntegerField(min_value=1, max_value=3650)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, transition
@@ -16,10 +17,16 @@ DATA_CATEGORIES = ("identity", "contact", "location", "loan_request", "income")
 PURPOSES = ("loan_referral", "reclaim_offer")
 
 
+TEXT_CODE_VALIDATOR = RegexValidator(
+    r"^[a-z0-9][a-z0-9._-]{1,63}$",
+    _("2–64 characters: lower-case letters, digits, “.”, “_” and “-”, starting with a letter or digit."),
+)
+
+
 class ConsentText(models.Model):
     """One wording of the consent shown to applicants. Immutable: a new wording is a new code."""
 
-    code = models.CharField(_("code"), max_length=64, unique=True)
+    code = models.CharField(_("code"), max_length=64, unique=True, validators=[TEXT_CODE_VALIDATOR])
     language = models.CharField(_("language"), max_length=16, default="zh-hans")
     body = models.TextField(_("text"))
     sha256 = models.CharField(_("SHA-256"), max_length=64, editable=False)

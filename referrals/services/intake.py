@@ -83,7 +83,8 @@ def applicant_intake(
 def _intake_once(*, actor, items, validate) -> list[IntakeResult]:
     lookups = Lookups.for_items(items)
     hashes = [request_sha256(item) for item in items]
-    external_ids = {item.get("external_id") for item in items if isinstance(item, dict)} - {None}
+    # A list, not a set: an external_id may be any JSON value (a dict is unhashable); non-strings are dropped below.
+    external_ids = [item.get("external_id") for item in items if isinstance(item, dict)]
     existing = {
         a.external_id: a
         for a in Applicant.objects.filter(external_id__in=[e for e in external_ids if isinstance(e, str)])

@@ -1,0 +1,5 @@
+"""Referrals admin — the compliance screens: registering the modules registers the model admins."""
+
+from referrals.admin import applicant, consent, ledger
+
+__all__ = ["applicant", "consent", "ledger"]
