@@ -5,49 +5,69 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('partners', '0002_roles'),
+        ("partners", "0002_roles"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PartnerCircuit',
+            name="PartnerCircuit",
             fields=[
-                ('partner', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='circuit', serialize=False, to='partners.partner')),
-                ('consecutive_failures', models.PositiveIntegerField(default=0, verbose_name='consecutive failures')),
-                ('open_until', models.DateTimeField(blank=True, null=True, verbose_name='open until')),
-                ('opened_at', models.DateTimeField(blank=True, null=True, verbose_name='opened at')),
-                ('last_error', models.CharField(blank=True, max_length=300, verbose_name='last error')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+                (
+                    "partner",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="circuit",
+                        serialize=False,
+                        to="partners.partner",
+                    ),
+                ),
+                ("consecutive_failures", models.PositiveIntegerField(default=0, verbose_name="consecutive failures")),
+                ("open_until", models.DateTimeField(blank=True, null=True, verbose_name="open until")),
+                ("opened_at", models.DateTimeField(blank=True, null=True, verbose_name="opened at")),
+                ("last_error", models.CharField(blank=True, max_length=300, verbose_name="last error")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated at")),
             ],
             options={
-                'verbose_name': 'circuit breaker',
-                'verbose_name_plural': 'circuit breakers',
+                "verbose_name": "circuit breaker",
+                "verbose_name_plural": "circuit breakers",
             },
         ),
         migrations.AlterModelOptions(
-            name='partner',
-            options={'ordering': ['code'], 'permissions': [('change_partner_status', 'Can activate, suspend or offboard partners'), ('operate_partner', 'Can pause or resume a partner and reset its circuit breaker')], 'verbose_name': 'partner', 'verbose_name_plural': 'partners'},
+            name="partner",
+            options={
+                "ordering": ["code"],
+                "permissions": [
+                    ("change_partner_status", "Can activate, suspend or offboard partners"),
+                    ("operate_partner", "Can pause or resume a partner and reset its circuit breaker"),
+                ],
+                "verbose_name": "partner",
+                "verbose_name_plural": "partners",
+            },
         ),
         migrations.AddField(
-            model_name='historicalpartner',
-            name='pause_reason',
-            field=models.CharField(blank=True, max_length=200, verbose_name='pause reason'),
+            model_name="historicalpartner",
+            name="pause_reason",
+            field=models.CharField(blank=True, max_length=200, verbose_name="pause reason"),
         ),
         migrations.AddField(
-            model_name='historicalpartner',
-            name='paused',
-            field=models.BooleanField(default=False, help_text='Operations pause: nothing is sent; queued work waits.', verbose_name='paused'),
+            model_name="historicalpartner",
+            name="paused",
+            field=models.BooleanField(
+                default=False, help_text="Operations pause: nothing is sent; queued work waits.", verbose_name="paused"
+            ),
         ),
         migrations.AddField(
-            model_name='partner',
-            name='pause_reason',
-            field=models.CharField(blank=True, max_length=200, verbose_name='pause reason'),
+            model_name="partner",
+            name="pause_reason",
+            field=models.CharField(blank=True, max_length=200, verbose_name="pause reason"),
         ),
         migrations.AddField(
-            model_name='partner',
-            name='paused',
-            field=models.BooleanField(default=False, help_text='Operations pause: nothing is sent; queued work waits.', verbose_name='paused'),
+            model_name="partner",
+            name="paused",
+            field=models.BooleanField(
+                default=False, help_text="Operations pause: nothing is sent; queued work waits.", verbose_name="paused"
+            ),
         ),
     ]

@@ -5,15 +5,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('referrals', '0003_referral_loan_dispatch_callbackevent_repayment_and_more'),
+        ("referrals", "0003_referral_loan_dispatch_callbackevent_repayment_and_more"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='consenttext',
-            name='code',
-            field=models.CharField(max_length=64, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9._-]{1,63}$', '2–64 characters: lower-case letters, digits, “.”, “_” and “-”, starting with a letter or digit.')], verbose_name='code'),
+            model_name="consenttext",
+            name="code",
+            field=models.CharField(
+                max_length=64,
+                unique=True,
+                validators=[
+                    django.core.validators.RegexValidator(
+                        "^[a-z0-9][a-z0-9._-]{1,63}$",
+                        "2–64 characters: lower-case letters, digits, “.”, “_” and “-”, starting with a letter or digit.",
+                    )
+                ],
+                verbose_name="code",
+            ),
         ),
     ]

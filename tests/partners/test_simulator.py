@@ -338,7 +338,7 @@ def test_reclaim_notice_is_acknowledged_once_per_key(simulator):
 
 
 # --- faults and transport -------------------------------------------------------------------------
-def test_error_rate_answers_500_and_stores_nothing(run_simulator, partner):
+def test_error_rate_answers_5xx_and_stores_nothing(run_simulator, partner):
     simulator = run_simulator(error_rate=1.0)
     referral_id = str(uuid.uuid4())
 
@@ -346,7 +346,7 @@ def test_error_rate_answers_500_and_stores_nothing(run_simulator, partner):
         simulator, "sim_a", "applications", application_payload(referral_id), headers={"Idempotency-Key": referral_id}
     )
 
-    assert response.status_code == 500
+    assert response.status_code in {500, 502, 503}
     assert simulator.applications_for("SIM_A") == []
 
 

@@ -32,7 +32,10 @@ def decision(partner_code: str) -> RoutingDecision:
 
 def test_every_named_eligible_partner_gets_a_queued_referral_and_a_probe(origination_api, payload, contracts):
     body = intake(origination_api, payload())
-    assert sorted((r["partner"], r["status"]) for r in body["referrals"]) == [("PARTNER_A", "queued"), ("PARTNER_B", "queued")]
+    assert sorted((r["partner"], r["status"]) for r in body["referrals"]) == [
+        ("PARTNER_A", "queued"),
+        ("PARTNER_B", "queued"),
+    ]
     referral = Referral.objects.get(partner__code="PARTNER_A")
     assert referral.contract == contracts["PARTNER_A"]
     assert referral.priority == 10
@@ -67,7 +70,9 @@ def test_each_eligibility_rule_excludes_with_its_reason(
 ):
     eligibility = {"min_amount": "1000.00", "max_amount": "200000.00", "terms_months": [12], "min_age": 22, "max_age": 55,
                    "credit_grades": ["B"], "decline_reasons": ["FUNDING_COST"], "provinces": ["310000"]}  # fmt: skip
-    make_contract(partners[0], drafter=partnership_manager, approver=compliance_officer, eligibility={**eligibility, **rules})
+    make_contract(
+        partners[0], drafter=partnership_manager, approver=compliance_officer, eligibility={**eligibility, **rules}
+    )
     make_contract(partners[1], drafter=partnership_manager, approver=compliance_officer, eligibility=eligibility)
     intake(origination_api, payload(**changes))
     assert (decision("PARTNER_A").outcome, decision("PARTNER_A").reason) == ("excluded", reason)
@@ -119,7 +124,9 @@ def test_dedupe_window_ends(origination_api, payload, contracts):
     assert Referral.objects.count() == 4
 
 
-def test_daily_cap_takes_exactly_the_remaining_slots(origination_api, payload, partners, partnership_manager, compliance_officer):
+def test_daily_cap_takes_exactly_the_remaining_slots(
+    origination_api, payload, partners, partnership_manager, compliance_officer
+):
     make_contract(partners[0], drafter=partnership_manager, approver=compliance_officer, daily_cap=2, monthly_cap=10)
     items = [payload(seq=i) for i in range(1, 5)]
     origination_api.post(f"{URL}batch/", {"items": items}, format="json")
@@ -172,7 +179,9 @@ def test_two_intakes_at_once_cannot_both_take_the_last_slot(partnership_manager,
     assert RoutingDecision.objects.filter(reason="daily_cap_reached").count() == 3
 
 
-def test_withdrawn_or_unrouted_applicants_have_decisions_visible_in_the_api(api, compliance_officer, origination_api, payload, contracts):
+def test_withdrawn_or_unrouted_applicants_have_decisions_visible_in_the_api(
+    api, compliance_officer, origination_api, payload, contracts
+):
     created = intake(origination_api, payload())
     fetched = api(compliance_officer).get(f"{URL}{created['id']}/").json()
     assert {r["partner"] for r in fetched["referrals"]} == {"PARTNER_A", "PARTNER_B"}
