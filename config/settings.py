@@ -157,7 +157,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"CreditGradeEnum": "partners.terms.CREDIT_GRADES"},
+    "ENUM_NAME_OVERRIDES": {
+        "CreditGradeEnum": "partners.terms.CREDIT_GRADES",
+        "PartnerStatusEnum": "partners.models.Partner.Status",
+        "ContractStatusEnum": "partners.models.Contract.Status",
+        "ConsentStatusEnum": "referrals.models.Consent.Status",
+        "ReferralStatusEnum": "referrals.models.Referral.Status",
+        "LoanStatusEnum": "referrals.models.Loan.Status",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -233,3 +233,32 @@ def contract_terminate(*, actor, contract: Contract, reason: str) -> Contract:
     contract._history_user = actor
     contract.save()
     return contract
+
+
+@transaction.atomic
+def partner_pause(*, actor, partner: Partner, reason: str) -> Partner:
+    """Operations stops all sending to a failing partner for now; its queued work waits."""
+    if not (reason or "").strip():
+        raise ValidationError({"reason": [_("A reason is required.")]})
+    partner = Partner.objects.select_for_update().get(pk=partner.pk)
+    partner.paused, partner.pause_reason = True, reason.strip()[:200]
+    partner._history_user = actor
+    partner.save(update_fields=["paused", "pause_reason", "updated_at"])
+    return partner
+
+
+@transaction.atomic
+def partner_resume(*, actor, partner: Partner) -> Partner:
+    """Sending to the partner starts again (waiting work goes at its next sweep)."""
+    partner = Partner.objects.select_for_update().get(pk=partner.pk)
+    partner.paused, partner.pause_reason = False, ""
+    partner._history_user = actor
+    partner.save(update_fields=["paused", "pause_reason", "updated_at"])
+    return partner
+
+
+def partner_circuit_reset(*, actor, partner: Partner) -> None:
+    """Close the partner's circuit breaker by hand (the partner says it is fixed)."""
+    from partners.circuit import circuit_reset
+
+    circuit_reset(partner.pk)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import django_filters
 
-from referrals.models import Applicant, Consent
+from referrals.models import Applicant, Consent, Loan, Referral
 
 
 class ApplicantFilterSet(django_filters.FilterSet):
@@ -25,3 +25,23 @@ class ConsentFilterSet(django_filters.FilterSet):
     class Meta:
         model = Consent
         fields = ["status", "channel", "partner"]
+
+
+class ReferralFilterSet(django_filters.FilterSet):
+    partner = django_filters.CharFilter(field_name="partner__code")
+    applicant = django_filters.UUIDFilter(field_name="applicant_id")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Referral
+        fields = ["status", "partner", "applicant"]
+
+
+class LoanFilterSet(django_filters.FilterSet):
+    partner = django_filters.CharFilter(field_name="partner__code")
+    referral = django_filters.UUIDFilter(field_name="referral_id")
+
+    class Meta:
+        model = Loan
+        fields = ["status", "partner", "referral"]

@@ -14,7 +14,11 @@ from config.roles import ROLES, grant
 from partners import services
 from partners.models import Contract, Partner
 
-ROLE_MIGRATIONS = ("partners.migrations.0002_roles", "referrals.migrations.0002_ledger_triggers_and_roles")
+ROLE_MIGRATIONS = (
+    "partners.migrations.0002_roles",
+    "referrals.migrations.0002_ledger_triggers_and_roles",
+    "referrals.migrations.0005_operations_roles",
+)
 
 
 def ensure_roles() -> None:

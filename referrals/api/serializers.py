@@ -7,11 +7,12 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from partners.terms import CREDIT_GRADES
 from referrals import validators
-from referrals.models import Applicant, Consent, ConsentEvent, ConsentText
+from referrals.models import Applicant, Consent, ConsentEvent, ConsentText, Loan, Referral
 from referrals.models.consent import DATA_CATEGORIES, PURPOSES, TEXT_CODE_VALIDATOR
 
 HEX64 = r"^[0-9a-fA-F]{64}$"
@@ -244,3 +245,85 @@ class IntakeBatchResultItemSerializer(serializers.Serializer):
 
 class IntakeBatchResultSerializer(serializers.Serializer):
     results = IntakeBatchResultItemSerializer(many=True)
+
+
+# --- referrals and loans ----------------------------------------------------------------------
+class DispatchAttemptSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+    duration_ms = serializers.IntegerField()
+    http_status = serializers.IntegerField(allow_null=True)
+    outcome = serializers.CharField()
+    error = serializers.CharField()
+
+
+class DispatchSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    status = serializers.CharField()
+    idempotency_key = serializers.CharField()
+    attempts = serializers.IntegerField()
+    next_attempt_at = serializers.DateTimeField()
+    last_error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+    attempt_rows = DispatchAttemptSerializer(many=True, source="attempt_rows.all")
+
+
+class RoutingDecisionSerializer(serializers.Serializer):
+    partner = serializers.CharField(source="partner.code")
+    contract = serializers.IntegerField(source="contract_id", allow_null=True)
+    outcome = serializers.CharField()
+    reason = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class ReferralSerializer(serializers.ModelSerializer):
+    applicant = serializers.UUIDField(source="applicant_id", read_only=True)
+    partner = serializers.CharField(source="partner.code", read_only=True)
+    contract = serializers.IntegerField(source="contract_id", read_only=True)
+    contract_version = serializers.IntegerField(source="contract.version", read_only=True)
+
+    class Meta:
+        model = Referral
+        fields = [
+            "id", "applicant", "partner", "contract", "contract_version", "status", "status_reason", "priority",
+            "created_at", "probe_answered_at", "submitted_at", "accepted_at", "returned_at", "application_id",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ReferralDetailSerializer(ReferralSerializer):
+    dispatches = DispatchSerializer(many=True, source="dispatches.all", read_only=True)
+    routing = serializers.SerializerMethodField()
+
+    class Meta(ReferralSerializer.Meta):
+        fields = [*ReferralSerializer.Meta.fields, "dispatches", "routing"]
+        read_only_fields = fields
+
+    @extend_schema_field(RoutingDecisionSerializer(many=True))
+    def get_routing(self, referral) -> list:
+        decisions = referral.applicant.routing_decisions.select_related("partner").order_by("partner__code")
+        return RoutingDecisionSerializer(decisions, many=True).data
+
+
+class RepaymentSerializer(serializers.Serializer):
+    installment = serializers.IntegerField()
+    due_date = serializers.DateField()
+    paid_date = serializers.DateField()
+    principal = serializers.DecimalField(max_digits=14, decimal_places=2)
+    interest = serializers.DecimalField(max_digits=14, decimal_places=2)
+
+
+class LoanSerializer(serializers.ModelSerializer):
+    partner = serializers.CharField(source="partner.code", read_only=True)
+    referral = serializers.UUIDField(source="referral_id", read_only=True)
+    repayments = RepaymentSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Loan
+        fields = [
+            "id", "referral", "partner", "loan_id", "principal", "apr", "term_months", "status", "credit_limit",
+            "first_due_date", "approved_at", "disbursed_at", "ended_at", "repayments",
+        ]  # fmt: skip
+        read_only_fields = fields

@@ -2,12 +2,14 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from referrals.api.callbacks import PartnerCallbackView
-from referrals.api.views import ApplicantViewSet, ConsentTextViewSet, ConsentViewSet
+from referrals.api.views import ApplicantViewSet, ConsentTextViewSet, ConsentViewSet, LoanViewSet, ReferralViewSet
 
 router = SimpleRouter()
 router.register("consent-texts", ConsentTextViewSet, basename="consent-text")
 router.register("applicants", ApplicantViewSet, basename="applicant")
 router.register("consents", ConsentViewSet, basename="consent")
+router.register("referrals", ReferralViewSet, basename="referral")
+router.register("loans", LoanViewSet, basename="loan")
 
 urlpatterns = [
     path("partners/<str:code>/callbacks/", PartnerCallbackView.as_view(), name="partner-callbacks"),

@@ -13,13 +13,17 @@ from referrals.api.serializers import (
     ConsentTextSerializer,
     IntakeBatchResultSerializer,
     IntakeBatchSerializer,
+    LoanSerializer,
+    ReferralDetailSerializer,
+    ReferralSerializer,
     WithdrawResultSerializer,
     WithdrawSerializer,
 )
-from referrals.filtersets import ApplicantFilterSet
-from referrals.models import Consent, ConsentText
+from referrals.filtersets import ApplicantFilterSet, LoanFilterSet, ReferralFilterSet
+from referrals.models import Consent, ConsentText, Loan, Referral
 from referrals.services import consents as consent_services
 from referrals.services.intake import MAX_BATCH, Lookups, applicant_intake
+from referrals.services.operations import referral_retry
 
 
 def _validate(item, lookups: Lookups):
@@ -126,3 +130,35 @@ class ConsentViewSet(viewsets.GenericViewSet):
         """The consent's ledger events in order, with their hashes."""
         consent = self.get_object()
         return Response(ConsentEventSerializer(selectors.consent_events(consent), many=True).data)
+
+
+class ReferralViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Referrals (operations watch the queues; compliance and finance read)."""
+
+    queryset = Referral.objects.select_related("partner", "contract").order_by("-created_at")
+    filterset_class = ReferralFilterSet
+    permission_map = {"retry": "referrals.retry_referral"}
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action == "retrieve":
+            queryset = queryset.select_related("applicant").prefetch_related("dispatches__attempt_rows")
+        return queryset
+
+    def get_serializer_class(self):
+        return ReferralDetailSerializer if self.action in ("retrieve", "retry") else ReferralSerializer
+
+    @extend_schema(request=None, responses=ReferralDetailSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Put a failed referral back in the queue (its failed call is retried with the same key)."""
+        referral = referral_retry(actor=request.user, referral=self.get_object())
+        return Response(ReferralDetailSerializer(self.get_queryset().get(pk=referral.pk)).data)
+
+
+class LoanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Loans reported by partners, with their repayments."""
+
+    queryset = Loan.objects.select_related("partner").prefetch_related("repayments").order_by("-created_at")
+    serializer_class = LoanSerializer
+    filterset_class = LoanFilterSet
