@@ -193,8 +193,11 @@ class Command(BaseCommand):
                     "-B",
                     "--loglevel",
                     "INFO",
+                    # Threads: dispatch waits on partners' HTTP answers, so many calls stay in flight.
+                    "--pool",
+                    "threads",
                     "--concurrency",
-                    "2",
+                    "16",
                 ],
             ),
             (
