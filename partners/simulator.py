@@ -433,7 +433,8 @@ class PartnerSimulator:
         except ValueError:
             payload = None
         if isinstance(payload, dict):
-            _describe(record, payload)
+            with self.state.lock:  # records() may be reading it
+                _describe(record, payload)
         fault, after_processing = self._draw_fault(creds, action, record)
         if self.config.latency_ms:
             time.sleep(self.config.latency_ms / 1000)

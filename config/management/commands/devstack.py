@@ -210,6 +210,9 @@ class Command(BaseCommand):
                     simulator.hostname or "127.0.0.1",
                     "--port",
                     str(simulator.port or 9100),
+                    # Callbacks go back to this web server.
+                    "--spillway-url",
+                    f"http://127.0.0.1:{port}",
                 ],
             ),
         ]
