@@ -107,9 +107,9 @@ def test_children_are_the_web_app_a_worker_with_beat_and_the_simulator(settings)
     assert children["worker"][0] == sys.executable
     assert children["worker"][1:5] == ["-m", "celery", "-A", "config"]
     assert "-B" in children["worker"]
-    assert children["simulator"][2:] == [
-        "simulate_partners", "--host", "127.0.0.1", "--port", "9100", "--spillway-url", "http://127.0.0.1:8123",
-    ]  # fmt: skip
+    assert children["simulator"][2:7] == ["simulate_partners", "--host", "127.0.0.1", "--port", "9100"]
+    assert children["simulator"][7:9] == ["--spillway-url", "http://127.0.0.1:8123"]
+    assert children["origination"][2:5] == ["demo_traffic", "--api", "http://127.0.0.1:8123"]
     assert children["worker"][children["worker"].index("--pool") + 1] == "threads"
     assert all(argv[0] == sys.executable for argv in children.values())
 

@@ -213,6 +213,26 @@ class Command(BaseCommand):
                     # Callbacks go back to this web server.
                     "--spillway-url",
                     f"http://127.0.0.1:{port}",
+                    # Demo faults, so retries, returns and defaults show up within minutes.
+                    "--error-rate",
+                    "0.05",
+                    "--returned-rate",
+                    "0.1",
+                ],
+            ),
+            # The lender's origination system, played for the demo: applicants through the API.
+            (
+                "origination",
+                [
+                    sys.executable,
+                    manage,
+                    "demo_traffic",
+                    "--api",
+                    f"http://127.0.0.1:{port}",
+                    "--every",
+                    "2",
+                    "--withdraw-rate",
+                    "0.1",
                 ],
             ),
         ]
