@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib import admin
 from django.core.exceptions import NON_FIELD_ERRORS, ImproperlyConfigured, PermissionDenied, ValidationError
-from django.db import models, transaction
+from django.core.paginator import Paginator
+from django.db import connections, models, transaction
+from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 
 EMPTY = "—"
@@ -108,3 +111,68 @@ def error_text(exc: ValidationError | PermissionDenied) -> str:
             for message in ValidationError(errors).messages
         )
     return " ".join(exc.messages)
+
+
+# --- counting big tables --------------------------------------------------------------------------
+class BoundedCountPaginator(Paginator):
+    """Counts at most ``cap`` rows (``COUNT(*)`` over a ``LIMIT`` subquery), so a page costs the same
+    at a thousand rows as at fifty million, and deep ``OFFSET`` pages are never linked. Past the cap
+    the changelist says so; on PostgreSQL it adds the planner's estimate of the whole table
+    (``reltuples``) when the list is not filtered."""
+
+    cap = 10_000
+    capped = False
+
+    @cached_property
+    def count(self) -> int:
+        counted = self.object_list.order_by()[: self.cap + 1].count()
+        self.capped = counted > self.cap
+        return min(counted, self.cap)
+
+    @cached_property
+    def estimated_total(self) -> int | None:
+        queryset = self.object_list
+        connection = connections[queryset.db]
+        if not self.capped or connection.vendor != "postgresql" or queryset.query.where:
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [queryset.model._meta.db_table]
+            )
+            row = cursor.fetchone()
+        return row[0] if row and row[0] > 0 else None
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """What happened, as recorded: written by workers and callbacks, never edited here."""
+
+    actions = ()
+    show_full_result_count = False
+    paginator = BoundedCountPaginator
+    list_per_page = 50
+    change_list_template = "admin/referrals/operations/change_list.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -165,6 +165,8 @@ SPECTACULAR_SETTINGS = {
         "ReferralStatusEnum": "referrals.models.Referral.Status",
         "LoanStatusEnum": "referrals.models.Loan.Status",
     },
+    # api.md's error answers (400/401/403/404) on every operation: drf-spectacular documents only successes.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.document_error_responses"],
 }
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import django_filters
 
+from config.api import IsoDateTimeFilter
 from partners.models import Contract, Partner
 
 
 class PartnerFilterSet(django_filters.FilterSet):
     code = django_filters.CharFilter()
     name = django_filters.CharFilter(lookup_expr="icontains")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Partner
@@ -21,8 +22,8 @@ class PartnerFilterSet(django_filters.FilterSet):
 class ContractFilterSet(django_filters.FilterSet):
     partner = django_filters.CharFilter(field_name="partner__code")
     effective_on = django_filters.DateFilter(method="filter_effective_on", label="Effective on (date)")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Contract

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import django_filters
 
+from config.api import IsoDateTimeFilter
 from referrals.models import Applicant, Consent, Loan, Referral
 
 
 class ApplicantFilterSet(django_filters.FilterSet):
     external_id = django_filters.CharFilter()
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Applicant
@@ -19,8 +20,8 @@ class ApplicantFilterSet(django_filters.FilterSet):
 
 class ConsentFilterSet(django_filters.FilterSet):
     partner = django_filters.CharFilter(field_name="recipients__partner__code", distinct=True)
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Consent
@@ -30,8 +31,8 @@ class ConsentFilterSet(django_filters.FilterSet):
 class ReferralFilterSet(django_filters.FilterSet):
     partner = django_filters.CharFilter(field_name="partner__code")
     applicant = django_filters.UUIDFilter(field_name="applicant_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Referral

@@ -110,17 +110,24 @@ def application_payload(referral: Referral, consent: Consent) -> tuple[dict, lis
 def dispatch_claim(dispatch_id: int, *, now: datetime.datetime | None = None) -> Claimed | None:
     """Take a due dispatch for this worker, or ``None`` (not due, taken, cancelled, deferred or refused)."""
     now = now or timezone.now()
+    consent_id = Dispatch.objects.filter(pk=dispatch_id).values_list("consent_id", flat=True).first()
+    if consent_id is None:
+        return None
     with transaction.atomic():
+        # The lock a withdrawal takes, taken first (see lock_consents): from here to the commit,
+        # the consent cannot change under us.
+        lock_consents(consent_id)
         dispatch = (
-            Dispatch.objects.select_for_update()
+            # of=("self",): lock the dispatch row only; PostgreSQL refuses FOR UPDATE on the nullable
+            # side of the outer join that the optional referral needs.
+            Dispatch.objects.select_for_update(of=("self",))
             .select_related("partner", "referral__applicant", "referral__contract", "referral__partner")
             .filter(pk=dispatch_id)
             .first()
         )
         if dispatch is None or dispatch.status != Dispatch.Status.PENDING or dispatch.next_attempt_at > now:
             return None
-        # The lock a withdrawal takes: from here to the commit, the consent cannot change under us.
-        consent = Consent.objects.select_for_update().select_related("text").get(pk=dispatch.consent_id)
+        consent = Consent.objects.select_related("text").get(pk=dispatch.consent_id)  # locked above
         partner = dispatch.partner
         if dispatch.kind in SENDS_DATA:
             refusal = send_refusal(consent, partner, now)
@@ -149,6 +156,23 @@ def dispatch_claim(dispatch_id: int, *, now: datetime.datetime | None = None) ->
         dispatch.status, dispatch.attempts, dispatch.lease_expires_at = Dispatch.Status.IN_FLIGHT, attempt, lease
         _mark_referral_sending(dispatch, now)
         return Claimed(dispatch, attempt, payload)
+
+
+def lock_consents(consent_id) -> None:
+    """Lock the consents of the applicant that ``consent_id`` belongs to, in primary-key order.
+
+    Every transaction that changes dispatches or referrals takes this lock first — the withdrawal
+    (its one consent), the claim, the recording of an answer, the selection — so locks are always
+    taken in the order consent → dispatch → referral and two of them cannot deadlock (a dispatch
+    row locked before its consent, or an application row inserted under a referral lock, whose
+    foreign-key check needs the consent row a withdrawal holds, did)."""
+    same_applicant = Consent.objects.filter(pk=consent_id).values("applicant_id")
+    list(
+        Consent.objects.select_for_update()
+        .filter(applicant_id__in=same_applicant)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
 
 def _request(dispatch: Dispatch, consent: Consent, attempt: int) -> tuple[dict, str, dict]:
@@ -260,6 +284,7 @@ def _record(claimed: Claimed, started, duration_ms: int, answer, error, *, count
     now = timezone.now()
     status_code = getattr(answer, "status", None) or getattr(error, "status", None)
     with transaction.atomic():
+        lock_consents(dispatch.consent_id)  # first, as everywhere (the selection below needs it too)
         current = Dispatch.objects.select_for_update().get(pk=dispatch.pk)
         DispatchAttempt.objects.create(
             dispatch=dispatch, number=attempt, started_at=started, duration_ms=duration_ms, http_status=status_code,
@@ -371,22 +396,27 @@ def wait_for_in_flight(consent: Consent, *, poll: float = 0.05) -> None:
 
 
 def withdrawal_notices(consent: Consent) -> list[Dispatch]:
-    """Queue a withdrawal notice for every partner that received this person's data under the consent."""
+    """Queue a withdrawal notice for every partner that received this person's data under the consent.
+
+    "Received" is what the ledger says: a probe or an application was sent (the event is written
+    before the bytes leave), whatever became of the call. A call that timed out or got a 5xx may
+    well have been read by the partner, and such a dispatch is left pending (or cancelled by the
+    withdrawal) with the data already out — its status cannot tell."""
     now = timezone.now()
-    received = (
-        Dispatch.objects.filter(consent=consent, kind__in=SENDS_DATA)
-        .exclude(status__in=(Dispatch.Status.PENDING, Dispatch.Status.CANCELLED))
-        .filter(attempts__gt=0)
-        .values_list("partner_id", "referral_id")
-        .order_by("partner_id", "-kind")
+    provided = (
+        ConsentEvent.objects.filter(
+            consent=consent, type__in=(ConsentEvent.Type.PROBE_SENT, ConsentEvent.Type.APPLICATION_SENT)
+        )
+        .order_by("seq")
+        .values_list("payload", flat=True)
     )
     per_partner: dict = {}
-    for partner_id, referral_id in received:
-        per_partner.setdefault(partner_id, referral_id)
+    for payload in provided:
+        per_partner.setdefault(payload["partner"], payload.get("referral"))
     notices = []
     with transaction.atomic():
-        for partner_id, referral_id in per_partner.items():
-            partner = Partner.objects.get(pk=partner_id)
+        for code, referral_id in per_partner.items():
+            partner = Partner.objects.get(code=code)
             notice, created = Dispatch.objects.get_or_create(
                 kind=Dispatch.Kind.WITHDRAWAL_NOTICE,
                 idempotency_key=f"{consent.pk}:{partner.code}",

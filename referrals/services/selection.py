@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from referrals.models import Dispatch, Referral
-from referrals.services.dispatch import enqueue_dispatches
+from referrals.services.dispatch import enqueue_dispatches, lock_consents
 
 
 def _rank(referral: Referral) -> tuple:
@@ -26,11 +26,13 @@ def referral_select(applicant_id, *, now: datetime.datetime | None = None) -> li
     now = now or timezone.now()
     window = datetime.timedelta(seconds=settings.SPILLWAY_PROBE_WINDOW_SECONDS)
     with transaction.atomic():
-        referrals = list(
-            Referral.objects.select_for_update().filter(applicant_id=applicant_id).select_related("partner")
-        )
-        if not referrals:
+        first = Referral.objects.filter(applicant_id=applicant_id).values_list("consent_id", flat=True).first()
+        if first is None:
             return []
+        lock_consents(first)  # consent before referral, like every other writer (no deadlock)
+        referrals = list(
+            Referral.objects.select_for_update(of=("self",)).filter(applicant_id=applicant_id).select_related("partner")
+        )
         limit = settings.SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT
         submitted = [r for r in referrals if r.status == Referral.Status.SUBMITTED]
         if len(submitted) >= limit:
