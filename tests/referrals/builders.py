@@ -3,14 +3,12 @@ a consent text through its service, the applicant and consent through the intake
 
 from __future__ import annotations
 
-import datetime
-
 from rest_framework.test import APIClient
-from stdnum.cn import ric
 
 from partners.models import Partner
 from referrals.models import Applicant, ConsentText
 from referrals.services.consents import consent_text_create
+from tests import factories
 from tests.factories import PartnerFactory
 
 TEXT_CODE = "referral-consent-admin-v1"
@@ -22,10 +20,8 @@ TEXT_BODY = (
 NAMES = ["张三", "李四", "王五", "赵六", "欧阳娜娜"]
 
 
-def national_id(seq: int, *, birth: str = "19900517", region: str = "110105") -> str:
-    """A valid resident ID number (GB 11643-1999); stdnum's calc_check_digit ignores the last place."""
-    body = f"{region}{birth}{seq % 1000:03d}"
-    return body + ric.calc_check_digit(body + "0")
+def national_id(seq: int) -> str:
+    return factories.national_id(seq=seq)
 
 
 def phone(seq: int) -> str:
@@ -45,35 +41,11 @@ def consent_text(*, actor, code: str = TEXT_CODE) -> ConsentText:
 
 
 def intake_body(*, text: ConsentText, seq: int, partner_codes: list[str]) -> dict:
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    return {
-        "external_id": f"ADM-2026-{seq:06d}",
-        "name": NAMES[seq % len(NAMES)],
-        "national_id": national_id(seq),
-        "phone": phone(seq),
-        "province": "310000",
-        "city": "310100",
-        "requested_amount": "50000.00",
-        "requested_term_months": 12,
-        "expected_apr": "0.0450",
-        "monthly_income": "12000.00",
-        "credit_grade": "B",
-        "decline_reasons": ["FUNDING_COST"],
-        "declined_at": (now - datetime.timedelta(minutes=5)).isoformat(),
-        "consent": {
-            "text_code": text.code,
-            "text_sha256": text.sha256,
-            "partners": partner_codes,
-            "data_categories": ["identity", "contact", "location", "loan_request", "income"],
-            "purposes": ["loan_referral", "reclaim_offer"],
-            "channel": "app",
-            "granted_at": (now - datetime.timedelta(minutes=6)).isoformat(),
-            "ip": "203.0.113.7",
-            "device_id": "ios-6F1C",
-            "evidence_sha256": "ab" * 32,
-            "expires_at": None,
-        },
-    }
+    """The factories' api.md-shaped body, with this module's names, phones and external ids."""
+    return factories.intake_payload(
+        text=text, partners=partner_codes, seq=seq, external_id=f"ADM-2026-{seq:06d}", name=NAMES[seq % len(NAMES)],
+        phone=phone(seq),
+    )  # fmt: skip
 
 
 def applicant_with_consent(*, origination, text: ConsentText, seq: int = 1, partner_codes=None) -> Applicant:
