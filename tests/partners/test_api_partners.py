@@ -145,3 +145,11 @@ def test_errors_are_in_chinese_by_default_and_english_on_request(api, partnershi
     en = client.post("/api/v1/partners/", {}, format="json", HTTP_ACCEPT_LANGUAGE="en").json()
     assert en["code"] == ["This field is required."]
     assert zh["code"] != en["code"]
+
+
+@pytest.mark.parametrize("value", ["2026-01-01T00:00:00+19:52", "0001-01-01T00:00:00", "not-a-date"])
+def test_odd_created_filters_are_answered_not_crashed(api, auditor, value):
+    response = api(auditor).get("/api/v1/partners/", {"created_before": value})
+    assert response.status_code in (200, 400)
+    if response.status_code == 400:
+        assert "created_before" in response.json()

@@ -232,3 +232,18 @@ def test_batch_over_1000_is_refused(origination_api, payload):
     response = origination_api.post(f"{URL}batch/", {"items": [{}] * 1001}, format="json")
     assert response.status_code == 400
     assert "items" in response.json()
+
+
+@pytest.mark.parametrize("external_id", [{}, [], None])
+def test_an_external_id_of_the_wrong_type_is_a_400_not_a_500(origination_api, payload, external_id):
+    response = origination_api.post(URL, payload(external_id=external_id), format="json")
+    assert response.status_code == 400
+    assert "external_id" in response.json()
+    batch = origination_api.post(f"{URL}batch/", {"items": [payload(external_id=external_id)]}, format="json")
+    assert batch.json()["results"][0]["status"] == 400
+
+
+def test_the_api_takes_json_only(origination_api, payload):
+    response = origination_api.post(URL, {"external_id": "X"}, format="multipart")
+    assert response.status_code == 415
+    assert nothing_stored()
