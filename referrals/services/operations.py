@@ -9,13 +9,14 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from referrals.models import Dispatch, Referral
-from referrals.services.dispatch import enqueue_dispatches
+from referrals.services.dispatch import enqueue_dispatches, lock_consents
 
 
 @transaction.atomic
 def referral_retry(*, actor, referral: Referral) -> Referral:
     """Put a ``failed`` referral back: its failed call is tried again with the same idempotency key
     (the partner recognises a repeated application), and every send still re-checks the consent."""
+    lock_consents(referral.consent_id)  # the house lock order: consent → dispatch → referral
     referral = Referral.objects.select_for_update().get(pk=referral.pk)
     if referral.status != Referral.Status.FAILED:
         raise ValidationError(
@@ -51,6 +52,7 @@ def referral_cancel(*, actor, referral: Referral, reason: str) -> Referral:
     """Stop an open referral: nothing more is sent for it."""
     if not (reason or "").strip():
         raise ValidationError({"reason": [_("A reason is required.")]})
+    lock_consents(referral.consent_id)
     referral = Referral.objects.select_for_update().get(pk=referral.pk)
     if referral.status not in Referral.OPEN and referral.status != Referral.Status.FAILED:
         raise ValidationError({"status": [_("Only open or failed referrals can be cancelled.")]})
