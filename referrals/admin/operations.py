@@ -199,7 +199,7 @@ class ReferralAdmin(ReadOnlyAdmin):
             referral.contract.version,
         )
 
-    @admin.display(description=_("age"), ordering="-created_at")
+    @admin.display(description=_("waiting for"), ordering="-created_at")
     def age(self, referral: Referral) -> str:
         return age_text(referral.created_at)
 

@@ -33,7 +33,7 @@ def referral_retry(*, actor, referral: Referral) -> Referral:
     else:
         referral.status = Referral.Status.QUEUED
     now = timezone.now()
-    referral.status_reason = _("retried by %(user)s") % {"user": actor.get_username()}
+    referral.status_reason = f"retried by {actor.get_username()}"  # data, like every status reason
     referral.save(update_fields=["status", "status_reason", "updated_at"])
     Dispatch.objects.filter(pk=dispatch.pk).update(
         status=Dispatch.Status.PENDING,

@@ -207,7 +207,7 @@ def test_search_never_runs_a_pattern_match_on_encrypted_columns(officer_client, 
 
 
 def test_the_search_box_says_what_it_searches(officer_client, applicant):
-    content = officer_client.get(url("applicant_changelist")).content.decode()
+    content = officer_client.get(url("applicant_changelist"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert 'id="searchbar"' in content
     assert "phone, ID number or external id" in content
 
@@ -352,7 +352,7 @@ def test_the_export_page_explains_before_downloading(officer_client, applicant, 
 
 # --- consent page and timeline ----------------------------------------------------------------------------
 def test_consent_page_shows_the_text_as_shown_the_partners_and_the_scope(officer_client, consent, admin_text):
-    content = officer_client.get(url("consent_change", consent.pk)).content.decode()
+    content = officer_client.get(url("consent_change", consent.pk), HTTP_ACCEPT_LANGUAGE="en").content.decode()
     assert 'class="consent-text-body"' in content
     assert admin_text.body.splitlines()[2] in content  # leading spaces kept (shown pre-wrap)
     assert admin_text.sha256 in content
