@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import structlog
 from django.conf import settings
@@ -55,7 +56,7 @@ class PartnerCallbackView(APIView):
         auth=[],
     )
     def post(self, request, code: str):
-        partner = Partner.objects.filter(code=code).first()
+        partner = Partner.objects.filter(code=code).first() if re.fullmatch(r"[A-Z0-9_]{2,32}", code) else None
         if partner is None:
             return Response({"detail": "Unknown partner."}, status=status.HTTP_404_NOT_FOUND)
         raw = request.data if isinstance(request.data, bytes) else b""

@@ -26,6 +26,12 @@ from referrals.validators import birth_date_of
 MAX_BATCH = 1000
 
 
+def _queryable(value: Any) -> bool:
+    """A raw, not yet validated value that may go into a lookup query. (PostgreSQL refuses NUL
+    characters outright; such a value is refused by validation instead, with a field error.)"""
+    return isinstance(value, str) and "\x00" not in value
+
+
 @dataclass
 class Lookups:
     """Everything validation needs from the database, fetched once per call."""
@@ -39,10 +45,10 @@ class Lookups:
         for item in items:
             consent = item.get("consent") if isinstance(item, dict) else None
             if isinstance(consent, dict):
-                if isinstance(consent.get("text_code"), str):
+                if _queryable(consent.get("text_code")):
                     text_codes.add(consent["text_code"])
                 if isinstance(consent.get("partners"), list):
-                    partner_codes.update(code for code in consent["partners"] if isinstance(code, str))
+                    partner_codes.update(code for code in consent["partners"] if _queryable(code))
         return cls(
             texts={t.code: t for t in ConsentText.objects.filter(code__in=text_codes)},
             partners={p.code: p for p in Partner.objects.filter(code__in=partner_codes)},
@@ -86,8 +92,7 @@ def _intake_once(*, actor, items, validate) -> list[IntakeResult]:
     # A list, not a set: an external_id may be any JSON value (a dict is unhashable); non-strings are dropped below.
     external_ids = [item.get("external_id") for item in items if isinstance(item, dict)]
     existing = {
-        a.external_id: a
-        for a in Applicant.objects.filter(external_id__in=[e for e in external_ids if isinstance(e, str)])
+        a.external_id: a for a in Applicant.objects.filter(external_id__in=[e for e in external_ids if _queryable(e)])
     }
 
     results: list[IntakeResult] = []

@@ -468,3 +468,7 @@ def test_any_order_and_any_duplication_gives_the_in_order_result(referral, data)
     assert expected["events"] == len(events)
     assert expected["referral"][0] in ("submitted", "returned")
     assert got == expected
+
+
+def test_a_partner_code_that_cannot_exist_is_a_404(client, db):
+    assert client.post("/api/v1/partners/A%00B/callbacks/", b"{}", content_type="application/json").status_code == 404

@@ -247,3 +247,13 @@ def test_the_api_takes_json_only(origination_api, payload):
     response = origination_api.post(URL, {"external_id": "X"}, format="multipart")
     assert response.status_code == 415
     assert nothing_stored()
+
+
+def test_nul_characters_are_a_field_error_on_every_database(origination_api, payload):
+    body = payload(external_id="APP\x00-1")
+    body["consent"]["text_code"] = "referral\x00"
+    body["consent"]["partners"] = ["PARTNER_A\x00"]
+    response = origination_api.post(URL, body, format="json")
+    assert response.status_code == 400
+    assert "external_id" in response.json()
+    assert nothing_stored()
