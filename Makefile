@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install migrate seed clean bench chaos
+.PHONY: run test lint format install migrate seed clean screenshots
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python 3.11+ is needed")'
@@ -35,6 +35,11 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) manage.py check --fail-level WARNING
 	$(PY) manage.py makemigrations --check --dry-run
+
+## Refresh the screenshots in docs/ from the browser tests' latest run.
+screenshots: install
+	$(PY) -m pytest -m browser -q
+	mkdir -p docs/screenshots && cp var/screenshots/*.png docs/screenshots/
 
 format: install
 	$(PY) -m ruff format .

@@ -5,6 +5,7 @@ import datetime
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from health_check.views import HealthCheckView
 
@@ -16,6 +17,10 @@ health_checks = [
         {"timeout": datetime.timedelta(seconds=settings.HEALTH_CHECK_CELERY_TIMEOUT), "limit": 1},
     ),
 ]
+
+admin.site.site_header = _("Spillway declined-lead referral")
+admin.site.site_title = _("Spillway")
+admin.site.index_title = _("Back office")
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -16,7 +16,8 @@ from tests.factories import UserFactory
 from tests.referrals import builders
 
 PASSWORD = "Hegui-2026-steady"
-SCREENSHOT = Path(settings.BASE_DIR) / "docs" / "screenshots" / "compliance-timeline.png"
+# Written under var/ (not tracked) on every run; `make screenshots` copies them into docs/screenshots/.
+SCREENSHOT = Path(settings.VAR_DIR) / "screenshots" / "compliance-timeline.png"
 
 
 def test_compliance_officer_finds_an_applicant_by_phone_checks_the_timeline_and_exports_evidence(
