@@ -15,16 +15,8 @@ from django import forms
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django_filters.fields import IsoDateTimeField
-from rest_framework import exceptions, pagination, permissions, status
+from rest_framework import exceptions, pagination, permissions
 from rest_framework.fields import get_error_detail
-
-
-class Conflict(exceptions.APIException):
-    """409: the request conflicts with the current state (e.g. an idempotency key reused)."""
-
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The request conflicts with the current state of the resource."
-    default_code = "conflict"
 
 
 def exception_handler(exc, context):

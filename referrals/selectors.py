@@ -20,10 +20,7 @@ def applicant_list() -> QuerySet[Applicant]:
         .prefetch_related(Prefetch("recipients", queryset=ConsentRecipient.objects.select_related("partner")))
         .order_by("-created_at")
     )
-    queryset = Applicant.objects.prefetch_related(Prefetch("consents", queryset=consents))
-    if hasattr(Applicant, "referrals"):
-        queryset = queryset.prefetch_related("referrals__partner")
-    return queryset
+    return Applicant.objects.prefetch_related(Prefetch("consents", queryset=consents), "referrals__partner")
 
 
 def applicant_search_q(term: str) -> Q | None:

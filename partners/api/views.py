@@ -6,7 +6,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from partners import selectors, services
-from partners.api.serializers import ContractSerializer, PartnerSerializer, ReasonSerializer
+from partners.api.serializers import ContractSerializer, OptionalReasonSerializer, PartnerSerializer, ReasonSerializer
 from partners.filtersets import ContractFilterSet, PartnerFilterSet
 
 
@@ -92,11 +92,11 @@ class ContractViewSet(
         )
         return self._respond(contract)
 
-    @extend_schema(request=ReasonSerializer, responses=ContractSerializer)
+    @extend_schema(request=OptionalReasonSerializer, responses=ContractSerializer)
     @action(detail=True, methods=["post"])
     def terminate(self, request, pk=None):
-        """active / superseded → terminated, at once, with a reason."""
-        body = ReasonSerializer(data=request.data)
+        """active / superseded → terminated, at once (a reason is optional)."""
+        body = OptionalReasonSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         contract = services.contract_terminate(
             actor=request.user, contract=self.get_object(), reason=body.validated_data["reason"]

@@ -206,11 +206,8 @@ class ApplicantSerializer(serializers.ModelSerializer):
         return ConsentSummarySerializer(consents[0]).data if consents else None
 
     def get_referrals(self, applicant) -> list[dict]:
-        referrals = getattr(applicant, "referrals", None)
-        if referrals is None:
-            return []
         return ReferralSummarySerializer(
-            [{"id": r.id, "partner": r.partner.code, "status": r.status} for r in referrals.all()], many=True
+            [{"id": r.id, "partner": r.partner.code, "status": r.status} for r in applicant.referrals.all()], many=True
         ).data
 
 

@@ -265,8 +265,15 @@ def dispatch_send(dispatch_id: int) -> str:
         else:
             answer = connector.notify_reclaim(claimed.payload, idempotency_key=dispatch.idempotency_key)
     except (TransientError, PermanentError) as error:
-        return _record(claimed, started, _ms(clock), None, error)
-    return _record(claimed, started, _ms(clock), answer, None)
+        outcome = _record(claimed, started, _ms(clock), None, error)
+    else:
+        outcome = _record(claimed, started, _ms(clock), answer, None)
+    # Ids, codes and timings only: never a payload (it may hold personal data).
+    log.info(
+        "dispatch", dispatch=dispatch.pk, kind=dispatch.kind, partner=partner.code, attempt=claimed.attempt,
+        outcome=outcome, ms=_ms(clock),
+    )  # fmt: skip
+    return outcome
 
 
 def _ms(clock: float) -> int:

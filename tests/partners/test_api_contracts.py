@@ -209,3 +209,10 @@ def test_contract_list_query_count_is_bounded(
     with django_assert_max_num_queries(6):
         response = client.get("/api/v1/contracts/?page_size=100")
     assert len(response.json()["results"]) == 20
+
+
+def test_terminate_takes_no_body_as_api_md_says(api, partner, partnership_manager, compliance_officer):
+    contract = make_contract(partner, drafter=partnership_manager, approver=compliance_officer)
+    response = api(compliance_officer).post(f"/api/v1/contracts/{contract.pk}/terminate/")
+    assert response.status_code == 200
+    assert response.json()["status"] == "terminated"
