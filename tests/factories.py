@@ -18,6 +18,7 @@ ROLE_MIGRATIONS = (
     "partners.migrations.0002_roles",
     "referrals.migrations.0002_ledger_triggers_and_roles",
     "referrals.migrations.0005_operations_roles",
+    "settlements.migrations.0002_finance_roles",
 )
 
 

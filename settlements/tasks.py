@@ -1,0 +1,17 @@
+"""Thin Celery tasks: load, call a service, return."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+# A month of a large partner takes minutes, not seconds: a longer limit than the default, still
+# well inside the Redis visibility timeout (a killed worker's run is redelivered and re-run;
+# drafts are replaced, approved statements are never touched).
+SOFT_LIMIT, HARD_LIMIT = 1700, 1800
+
+
+@shared_task(name="settlements.run", soft_time_limit=SOFT_LIMIT, time_limit=HARD_LIMIT)
+def settlement_run_task(run_id: str) -> str:
+    from settlements.services.runs import run_execute
+
+    return run_execute(run_id).status
