@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install migrate seed clean screenshots
+.PHONY: run test lint format install fonts migrate seed clean screenshots
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python 3.11+ is needed")'
@@ -14,7 +14,21 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) fonts
+
+## A CJK font for the Chinese PDF statements (and browser screenshots): installed with apt-get when
+## missing and we are root; otherwise a hint, never a failure. Costs one fc-list when it is there.
+fonts:
+	@if command -v fc-list >/dev/null 2>&1 && [ -n "$$(fc-list :lang=zh 2>/dev/null)" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing a CJK font for PDF statements: apt-get install fonts-wqy-microhei"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq fonts-wqy-microhei fontconfig >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq fonts-wqy-microhei fontconfig >/dev/null; } || \
+	  echo "hint: could not install fonts-wqy-microhei; PDF statement tests will be skipped"; \
+	else \
+	  echo "hint: no CJK font (fc-list :lang=zh is empty); for PDF statements: sudo apt-get install fonts-wqy-microhei"; \
+	fi
 
 migrate: install
 	$(PY) manage.py migrate --noinput

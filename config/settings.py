@@ -119,6 +119,8 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 # The SQLite file, the filesystem broker and collected static files all live under var/.
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# Our own static files (vendored Chart.js, the settlement screens' scripts), next to the apps' ones.
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -167,6 +169,10 @@ SPECTACULAR_SETTINGS = {
         "ConsentStatusEnum": "referrals.models.Consent.Status",
         "ReferralStatusEnum": "referrals.models.Referral.Status",
         "LoanStatusEnum": "referrals.models.Loan.Status",
+        "SettlementRunStatusEnum": "settlements.models.SettlementRun.Status",
+        "StatementStatusEnum": "settlements.models.Statement.Status",
+        "LineTypeEnum": "settlements.models.LineType",
+        "ReconciliationKindEnum": "settlements.models.ReconciliationItem.Kind",
     },
     # api.md's error answers (400/401/403/404) on every operation: drf-spectacular documents only successes.
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.document_error_responses"],

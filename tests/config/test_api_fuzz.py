@@ -27,6 +27,7 @@ import schemathesis
 from django.contrib.auth.models import User
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
+from django.utils import timezone
 from drf_spectacular.views import SpectacularAPIView
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -38,6 +39,9 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from config.wsgi import application
 from referrals.models import Loan, Referral
+from settlements import periods
+from settlements.models import SettlementRun
+from settlements.services.statements import statement_compute
 from tests.factories import PartnerFactory, UserFactory, consent_text, intake_payload, make_contract
 
 MAX_EXAMPLES = 10
@@ -113,6 +117,8 @@ def seed(db, api, partnership_manager, compliance_officer):
                 principal="50000.00", apr="0.1200", term_months=12,
             ).pk
         )  # fmt: skip
+    statement, _computed = statement_compute(partner=partner, period=periods.of(timezone.now()), user=admin)
+    run = SettlementRun.objects.create(period=statement.period, started_by=admin)
     REAL.clear()
     REAL.update({
         "/api/v1/partners/{code}/": {"code": [partner.code]},
@@ -122,6 +128,8 @@ def seed(db, api, partnership_manager, compliance_officer):
         "/api/v1/consents/{id}/": {"id": [applicant["consent"]["id"]]},
         "/api/v1/referrals/{id}/": {"id": referrals},
         "/api/v1/loans/{id}/": {"id": loans},
+        "/api/v1/settlements/runs/{id}/": {"id": [str(run.pk)]},
+        "/api/v1/statements/{id}/": {"id": [str(statement.pk)]},
     })  # fmt: skip
     yield {"Authorization": f"Token {token.key}"}
     REAL.clear()
