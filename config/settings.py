@@ -246,6 +246,9 @@ LOGGING = {
         # Django installs its own console handler for "django"; route it through ours only.
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "django.db.backends": {"level": "INFO"},
+        # WeasyPrint narrates every PDF at INFO (fonts, layout steps); only its warnings matter.
+        "weasyprint": {"level": "WARNING"},
+        "fontTools": {"level": "WARNING"},
     },
 }
 
