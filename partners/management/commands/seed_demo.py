@@ -49,6 +49,7 @@ DEMO_USERS: tuple[DemoUser, ...] = (
     DemoUser("partnerships", "partnership_manager", "partnerships-demo-2026"),
     DemoUser("operations", "operations", "operations-demo-2026"),
     DemoUser("finance", "finance", "finance-demo-2026"),
+    DemoUser("finance2", "finance", "finance2-demo-2026"),
     DemoUser("auditor", "auditor", "auditor-demo-2026"),
     DemoUser("origination", "origination", None, is_staff=False),
 )
