@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from celery.schedules import crontab
+
 from config.env import env, env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -169,6 +171,7 @@ SPECTACULAR_SETTINGS = {
         "ConsentStatusEnum": "referrals.models.Consent.Status",
         "ReferralStatusEnum": "referrals.models.Referral.Status",
         "LoanStatusEnum": "referrals.models.Loan.Status",
+        "ReclaimStatusEnum": "referrals.models.Reclaim.Status",
         "SettlementRunStatusEnum": "settlements.models.SettlementRun.Status",
         "StatementStatusEnum": "settlements.models.Statement.Status",
         "LineTypeEnum": "settlements.models.LineType",
@@ -220,6 +223,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "referrals.dispatch_sweep",
         "schedule": float(env_int("SPILLWAY_SWEEP_SECONDS", 10, minimum=1)),
     },
+    "reclaims-scan": {  # nightly at 02:30 Asia/Shanghai, or every N seconds when set (the demo)
+        "task": "referrals.reclaims_scan",
+        "schedule": float(env_int("SPILLWAY_RECLAIM_SCAN_SECONDS", 0, minimum=0)) or crontab(hour=2, minute=30),
+    },
     "ledger-checkpoint": {
         "task": "referrals.ledger_checkpoint",
         "schedule": 60.0 * env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1),
@@ -267,6 +274,9 @@ SPILLWAY_CIRCUIT_FAILURES = env_int("SPILLWAY_CIRCUIT_FAILURES", 5, minimum=1)
 SPILLWAY_CIRCUIT_COOLDOWN_SECONDS = env_int("SPILLWAY_CIRCUIT_COOLDOWN_SECONDS", 30, minimum=1)
 SPILLWAY_CIRCUIT_TRIAL_SECONDS = env_int("SPILLWAY_CIRCUIT_TRIAL_SECONDS", 15, minimum=1)
 SPILLWAY_DISPATCH_LEASE_MARGIN_SECONDS = env_int("SPILLWAY_DISPATCH_LEASE_MARGIN_SECONDS", 30, minimum=1)
+# Reclaims: days between the approval and the date the lender may contact the borrower (told to
+# the partner in the notice as effective_date).
+SPILLWAY_RECLAIM_EFFECTIVE_DAYS = env_int("SPILLWAY_RECLAIM_EFFECTIVE_DAYS", 0, minimum=0)
 SPILLWAY_SWEEP_GRACE_SECONDS = env_int("SPILLWAY_SWEEP_GRACE_SECONDS", 60, minimum=1)
 SPILLWAY_CALLBACK_TOLERANCE_SECONDS = env_int("SPILLWAY_CALLBACK_TOLERANCE_SECONDS", 300, minimum=1)
 SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT = env_int("SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT", 1, minimum=1)

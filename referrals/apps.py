@@ -7,3 +7,8 @@ class ReferralsConfig(AppConfig):
 
     name = "referrals"
     verbose_name = _("Referrals")
+
+    def ready(self) -> None:
+        # Reclaim notices plug their payload, their last-moment check and their acknowledgement
+        # into the outbox (referrals.services.dispatch) when the reclaim service is imported.
+        from referrals.services import reclaims  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import django_filters
 
 from config.api import IsoDateTimeFilter
-from referrals.models import Applicant, Consent, Loan, Referral
+from referrals.models import Applicant, Consent, Loan, Reclaim, Referral
 
 
 class ApplicantFilterSet(django_filters.FilterSet):
@@ -46,3 +46,13 @@ class LoanFilterSet(django_filters.FilterSet):
     class Meta:
         model = Loan
         fields = ["status", "partner", "referral"]
+
+
+class ReclaimFilterSet(django_filters.FilterSet):
+    partner = django_filters.CharFilter(field_name="partner__code")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Reclaim
+        fields = ["status", "partner"]

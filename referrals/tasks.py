@@ -54,3 +54,13 @@ def callback_apply_task(event_id: int) -> str:
     from referrals.services.callbacks import callback_apply
 
     return callback_apply(event_id)
+
+
+@shared_task(name="referrals.reclaims_scan")
+def reclaims_scan_task() -> dict:
+    """Nightly: new reclaim candidates, near misses, blocks, hand-backs."""
+    from referrals.services.reclaims import reclaims_scan
+
+    result = reclaims_scan().as_dict()
+    log.info("reclaims scan", **result)
+    return result

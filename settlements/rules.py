@@ -21,7 +21,7 @@ from django.db.models import Exists, OuterRef, Q, Subquery
 
 from config.money import round_money
 from partners.models import Contract, Partner
-from referrals.models import CallbackEvent, Loan, LoanOverdue, Referral, Repayment
+from referrals.models import CallbackEvent, Loan, LoanOverdue, Reclaim, Referral, Repayment
 from settlements import periods
 from settlements.models import LineType, StatementLine
 from settlements.periods import Window
@@ -39,10 +39,11 @@ class Terms:
     vat_rate: Decimal
     fpd_days: int
     duplicate_return_hours: int
+    reclaim_fee: Decimal
 
     @classmethod
     def of(cls, contract: Contract) -> Terms:
-        fees, clawback = contract.fees or {}, contract.clawback or {}
+        fees, clawback, reclaim = contract.fees or {}, contract.clawback or {}, contract.reclaim or {}
         base = Decimal(str(fees.get("application_fee", "0")))
         tiers = sorted((int(t["from_count"]), Decimal(str(t["fee"]))) for t in fees.get("application_fee_tiers", []))
         return cls(
@@ -54,6 +55,7 @@ class Terms:
             vat_rate=Decimal(str(fees.get("vat_rate", "0"))),
             fpd_days=int(clawback.get("fpd_days", 0) or 0),
             duplicate_return_hours=int(clawback.get("duplicate_return_hours", 0) or 0),
+            reclaim_fee=Decimal(str(reclaim.get("fee", "0") or "0")),
         )
 
     def application_fee_for(self, n: int) -> Decimal:
@@ -356,4 +358,26 @@ class ClawbackFirstPaymentDefault(Rule):
             yield Line(
                 self.line_type, f"{self.line_type}:{loan_id}", amount, contract_id, referral_id, at,
                 f"{dpd} ≥ {terms.fpd_days} d", loan_id=loan_id, event_id=event_id,
+            )  # fmt: skip
+
+
+@register
+class ReclaimFee(Rule):
+    """A reclaim the partner acknowledged: Spillway owes the partner the contract's reclaim fee."""
+
+    line_type = LineType.RECLAIM_FEE
+
+    def lines(self, ctx):
+        rows = (
+            Reclaim.objects.filter(
+                partner=ctx.partner, acknowledged_at__gte=ctx.window.start, acknowledged_at__lt=ctx.window.end
+            )
+            .order_by("acknowledged_at", "id")
+            .values_list("id", "referral_id", "loan_id", "contract_id", "acknowledged_at")
+        )
+        for reclaim_id, referral_id, loan_id, contract_id, at in rows.iterator(chunk_size=5000):
+            fee = ctx.terms(contract_id).reclaim_fee
+            yield Line(
+                self.line_type, f"{self.line_type}:{reclaim_id}", -round_money(fee), contract_id, referral_id, at,
+                f"reclaim {str(reclaim_id)[:8]}", loan_id=loan_id,
             )  # fmt: skip

@@ -19,6 +19,7 @@ ROLE_MIGRATIONS = (
     "referrals.migrations.0002_ledger_triggers_and_roles",
     "referrals.migrations.0005_operations_roles",
     "settlements.migrations.0002_finance_roles",
+    "referrals.migrations.0007_reclaim_roles",
 )
 
 

@@ -12,7 +12,7 @@ from rest_framework import serializers
 
 from partners.terms import CREDIT_GRADES
 from referrals import validators
-from referrals.models import Applicant, Consent, ConsentEvent, ConsentText, Loan, Referral
+from referrals.models import Applicant, Consent, ConsentEvent, ConsentText, Loan, Reclaim, Referral
 from referrals.models.consent import DATA_CATEGORIES, PURPOSES, TEXT_CODE_VALIDATOR
 
 HEX64 = r"^[0-9a-fA-F]{64}$"
@@ -324,3 +324,58 @@ class LoanSerializer(serializers.ModelSerializer):
             "first_due_date", "approved_at", "disbursed_at", "ended_at", "repayments",
         ]  # fmt: skip
         read_only_fields = fields
+
+
+class BorrowerSerializer(serializers.Serializer):
+    """The borrower of a reclaim: masked, or in clear for a caller allowed to receive it (recorded)."""
+
+    applicant = serializers.UUIDField(source="id")
+    external_id = serializers.CharField()
+    name = serializers.SerializerMethodField()
+    national_id = serializers.SerializerMethodField()
+    phone = serializers.SerializerMethodField()
+    masked = serializers.SerializerMethodField()
+
+    def _clear(self) -> bool:
+        return bool(self.context.get("reveal"))
+
+    def get_name(self, applicant) -> str:
+        return applicant.name if self._clear() else applicant.name_masked
+
+    def get_national_id(self, applicant) -> str:
+        return applicant.national_id if self._clear() else applicant.national_id_masked
+
+    def get_phone(self, applicant) -> str:
+        return applicant.phone if self._clear() else applicant.phone_masked
+
+    def get_masked(self, applicant) -> bool:
+        return not self._clear()
+
+
+class ReclaimCaseSerializer(serializers.ModelSerializer):
+    partner = serializers.CharField(source="partner.code", read_only=True)
+    loan_id = serializers.CharField(source="loan.loan_id", read_only=True)
+    borrower = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Reclaim
+        fields = [
+            "id", "referral", "partner", "loan_id", "status", "status_reason", "effective_date", "created_at",
+            "decided_at", "notified_at", "acknowledged_at", "reclaimed_at", "borrower", "evidence",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_borrower(self, reclaim) -> BorrowerSerializer:
+        return BorrowerSerializer(reclaim.referral.applicant, context=self.context).data
+
+
+class ReclaimDecisionSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+
+
+class ReclaimProposalSerializer(serializers.Serializer):
+    note = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class ReclaimScanSerializer(serializers.Serializer):
+    task_id = serializers.CharField()

@@ -14,14 +14,19 @@ from referrals.api.serializers import (
     IntakeBatchResultSerializer,
     IntakeBatchSerializer,
     LoanSerializer,
+    ReclaimCaseSerializer,
+    ReclaimDecisionSerializer,
+    ReclaimProposalSerializer,
+    ReclaimScanSerializer,
     ReferralDetailSerializer,
     ReferralSerializer,
     WithdrawResultSerializer,
     WithdrawSerializer,
 )
-from referrals.filtersets import ApplicantFilterSet, LoanFilterSet, ReferralFilterSet
-from referrals.models import Consent, ConsentText, Loan, Referral
+from referrals.filtersets import ApplicantFilterSet, LoanFilterSet, ReclaimFilterSet, ReferralFilterSet
+from referrals.models import Consent, ConsentText, Loan, Reclaim, Referral
 from referrals.services import consents as consent_services
+from referrals.services import reclaims as reclaim_services
 from referrals.services.intake import MAX_BATCH, Lookups, applicant_intake
 from referrals.services.operations import referral_retry
 
@@ -162,3 +167,82 @@ class LoanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     queryset = Loan.objects.select_related("partner").prefetch_related("repayments").order_by("-created_at")
     serializer_class = LoanSerializer
     filterset_class = LoanFilterSet
+
+
+class ReclaimViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Reclaims (回捞): compliance reviews candidates; origination picks up ``?status=reclaimed``.
+
+    Borrowers' personal data is masked unless the caller may receive it in clear
+    (``receive_reclaimed_pii``); each such read is recorded in the borrower's consent ledger."""
+
+    queryset = Reclaim.objects.select_related("partner", "loan", "referral__applicant").order_by("created_at")
+    serializer_class = ReclaimCaseSerializer
+    filterset_class = ReclaimFilterSet
+    permission_map = {
+        "scan": "referrals.propose_reclaim",
+        "propose": "referrals.propose_reclaim",
+        "approve": "referrals.approve_reclaim",
+        "reject": "referrals.approve_reclaim",
+    }
+
+    def _reveal(self) -> bool:
+        return self.request.user.has_perm("referrals.receive_reclaimed_pii")
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        reveal = self._reveal()
+        if reveal:
+            reclaim_services.reclaims_reveal(actor=request.user, reclaims=page)
+        data = ReclaimCaseSerializer(page, many=True, context={"request": request, "reveal": reveal}).data
+        return self.get_paginated_response(data)
+
+    def retrieve(self, request, *args, **kwargs):
+        return self._answer(self.get_object())
+
+    def _answer(self, reclaim: Reclaim) -> Response:
+        reclaim = self.get_queryset().get(pk=reclaim.pk)
+        reveal = self._reveal()
+        if reveal:
+            reclaim_services.reclaims_reveal(actor=self.request.user, reclaims=[reclaim])
+        return Response(ReclaimCaseSerializer(reclaim, context={"request": self.request, "reveal": reveal}).data)
+
+    @extend_schema(request=None, responses={202: ReclaimScanSerializer})
+    @action(detail=False, methods=["post"])
+    def scan(self, request):
+        """Run candidate detection now (the same task beat runs nightly)."""
+        from referrals.tasks import reclaims_scan_task
+
+        result = reclaims_scan_task.delay()
+        return Response({"task_id": result.id}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=ReclaimProposalSerializer, responses=ReclaimCaseSerializer)
+    @action(detail=True, methods=["post"])
+    def propose(self, request, pk=None):
+        """Put a candidate in front of compliance (the proposer cannot approve it)."""
+        data = ReclaimProposalSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        reclaim = reclaim_services.reclaim_propose(
+            actor=request.user, reclaim=self.get_object(), note=data.validated_data["note"]
+        )
+        return self._answer(reclaim)
+
+    @extend_schema(request=ReclaimDecisionSerializer, responses=ReclaimCaseSerializer)
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        """Compliance approves, with a reason: the partner is notified through the outbox."""
+        data = ReclaimDecisionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        reclaim = reclaim_services.reclaim_approve(
+            actor=request.user, reclaim=self.get_object(), reason=data.validated_data["reason"]
+        )
+        return self._answer(reclaim)
+
+    @extend_schema(request=ReclaimDecisionSerializer, responses=ReclaimCaseSerializer)
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        data = ReclaimDecisionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        reclaim = reclaim_services.reclaim_reject(
+            actor=request.user, reclaim=self.get_object(), reason=data.validated_data["reason"]
+        )
+        return self._answer(reclaim)

@@ -10,6 +10,7 @@ from referrals.models.consent import (
 )
 from referrals.models.dispatch import Dispatch, DispatchAttempt
 from referrals.models.loan import CallbackEvent, Loan, LoanOverdue, Repayment
+from referrals.models.reclaim import Reclaim, ReclaimNearMiss, ReclaimTransition
 from referrals.models.referral import CapCounter, Referral, RoutingDecision
 
 __all__ = [
@@ -25,6 +26,9 @@ __all__ = [
     "LedgerCheckpoint",
     "Loan",
     "LoanOverdue",
+    "Reclaim",
+    "ReclaimNearMiss",
+    "ReclaimTransition",
     "Referral",
     "Repayment",
     "RoutingDecision",

@@ -19,6 +19,7 @@ from rest_framework import serializers
 from partners.models import Partner
 from referrals import merkle
 from referrals.models import CallbackEvent, Loan, LoanOverdue, Referral, Repayment
+from referrals.services.reclaims import reclaims_block_for_loan
 
 TYPES = (
     "application.accepted", "application.rejected", "application.returned", "loan.approved", "loan.disbursed",
@@ -273,6 +274,7 @@ def _overdue(event: CallbackEvent) -> str:
         loan=loan, installment=data["installment"], days_past_due=data["days_past_due"],
         defaults={"due_date": data["due_date"], "occurred_at": event.occurred_at, "event": event},
     )  # fmt: skip
+    reclaims_block_for_loan(loan.pk)  # an open reclaim case no longer qualifies
     return "" if created else "overdue already recorded"
 
 
@@ -288,6 +290,7 @@ def _ended(status: str):
             _advance(loan, status)
         loan.ended_at = event.occurred_at
         loan.save()
+        reclaims_block_for_loan(loan.pk)
         return ""
 
     return apply

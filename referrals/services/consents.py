@@ -16,6 +16,7 @@ from referrals import merkle
 from referrals.models import Applicant, Consent, ConsentEvent, ConsentText, LedgerCheckpoint
 from referrals.services import dispatch
 from referrals.services.ledger import checkpoint_document, checkpoint_leaves, ledger_append
+from referrals.services.reclaims import reclaims_block_for_consent
 
 REVEALABLE_FIELDS = ("name", "national_id", "phone")
 
@@ -64,6 +65,7 @@ def consent_withdraw(
         consent.withdrawal_reason = reason
         consent.save(update_fields=["status", "withdrawn_at", "withdrawal_channel", "withdrawal_reason"])
         cancelled = dispatch.cancel_for_consent(consent)
+        reclaims_block_for_consent(consent)
         ledger_append(
             consent=consent,
             type=ConsentEvent.Type.WITHDRAWN,
@@ -102,6 +104,7 @@ def consents_expire_due(*, now: datetime.datetime | None = None, limit: int = 10
             consent.expired_at = consent.expires_at
             consent.save(update_fields=["status", "expired_at"])
             cancelled = dispatch.cancel_for_consent(consent)
+            reclaims_block_for_consent(consent)
             ledger_append(
                 consent=consent,
                 type=ConsentEvent.Type.EXPIRED,

@@ -134,6 +134,12 @@ def dispatch_claim(dispatch_id: int, *, now: datetime.datetime | None = None) ->
             if refusal:
                 _refuse(dispatch, refusal, now)
                 return None
+        check = NOTICE_CHECKS.get(dispatch.kind)
+        if check is not None:
+            refusal = check(dispatch, consent, now)
+            if refusal:
+                _refuse(dispatch, refusal, now)
+                return None
         if partner.paused:
             _defer(dispatch, now + datetime.timedelta(seconds=30), "partner paused")
             return None
@@ -207,6 +213,9 @@ def _request(dispatch: Dispatch, consent: Consent, attempt: int) -> tuple[dict, 
 
 NOTICE_BUILDERS: dict = {}  # kind → callable(dispatch) -> payload (reclaims register here)
 ON_SUCCESS: dict = {}  # kind → callable(dispatch, answer) (reclaims register here)
+# kind → callable(dispatch, consent, now) -> refusal ("" to send), run in the claim with the consent
+# locked: the reclaim rules are checked here, immediately before the notice leaves.
+NOTICE_CHECKS: dict = {}
 
 
 def _mark_referral_sending(dispatch: Dispatch, now) -> None:

@@ -38,7 +38,7 @@ from schemathesis.generation.meta import CoverageScenario, negated_parameters
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from config.wsgi import application
-from referrals.models import Loan, Referral
+from referrals.models import Loan, Reclaim, Referral
 from settlements import periods
 from settlements.models import SettlementRun
 from settlements.services.statements import statement_compute
@@ -117,6 +117,17 @@ def seed(db, api, partnership_manager, compliance_officer):
                 principal="50000.00", apr="0.1200", term_months=12,
             ).pk
         )  # fmt: skip
+    reclaims = []
+    if loans:
+        loan = Loan.objects.select_related("referral").get(pk=loans[0])
+        reclaims.append(
+            str(
+                Reclaim.objects.create(
+                    loan=loan, referral=loan.referral, partner=partner, contract_id=loan.referral.contract_id,
+                    consent_id=loan.referral.consent_id,
+                ).pk
+            )
+        )  # fmt: skip
     statement, _computed = statement_compute(partner=partner, period=periods.of(timezone.now()), user=admin)
     run = SettlementRun.objects.create(period=statement.period, started_by=admin)
     REAL.clear()
@@ -128,6 +139,7 @@ def seed(db, api, partnership_manager, compliance_officer):
         "/api/v1/consents/{id}/": {"id": [applicant["consent"]["id"]]},
         "/api/v1/referrals/{id}/": {"id": referrals},
         "/api/v1/loans/{id}/": {"id": loans},
+        "/api/v1/reclaims/{id}/": {"id": reclaims},
         "/api/v1/settlements/runs/{id}/": {"id": [str(run.pk)]},
         "/api/v1/statements/{id}/": {"id": [str(statement.pk)]},
     })  # fmt: skip

@@ -188,7 +188,9 @@ DEMO_PARTNERS: tuple[DemoPartner, ...] = (
                 "vat_rate": "0.0600",
             },
             "clawback": {"fpd_days": 30, "duplicate_return_hours": 48},
-            "reclaim": {"allowed": True, "min_ontime_installments": 6, "fee": "200.00", "non_solicit_days": 90},
+            # Demo terms: the simulator's loans repay in compressed time, so a reclaim can be followed
+            # end to end in minutes (three on-time instalments, no non-solicit period).
+            "reclaim": {"allowed": True, "min_ontime_installments": 3, "fee": "200.00", "non_solicit_days": 0},
         },
     ),
     DemoPartner(
