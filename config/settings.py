@@ -227,6 +227,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "referrals.reclaims_scan",
         "schedule": float(env_int("SPILLWAY_RECLAIM_SCAN_SECONDS", 0, minimum=0)) or crontab(hour=2, minute=30),
     },
+    "settlement-runs-sweep": {"task": "settlements.runs_sweep", "schedule": 300.0},
     "ledger-checkpoint": {
         "task": "referrals.ledger_checkpoint",
         "schedule": 60.0 * env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1),

@@ -14,6 +14,7 @@ import uuid
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 from django_fsm import RETURN_VALUE, FSMField, transition
@@ -51,6 +52,9 @@ class SettlementRun(models.Model):
     )
     created_at = models.DateTimeField(_("started at"), auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    updated_at = models.DateTimeField(
+        _("last progress at"), default=timezone.now, help_text=_("A running run that stops moving is re-queued.")
+    )
     error = models.CharField(_("error"), max_length=500, blank=True)
     summary = models.JSONField(_("summary"), default=list, blank=True)
 

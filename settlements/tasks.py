@@ -15,3 +15,10 @@ def settlement_run_task(run_id: str) -> str:
     from settlements.services.runs import run_execute
 
     return run_execute(run_id).status
+
+
+@shared_task(name="settlements.runs_sweep")
+def settlement_runs_sweep_task() -> int:
+    from settlements.services.runs import runs_sweep
+
+    return runs_sweep()

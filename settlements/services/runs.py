@@ -4,6 +4,8 @@ statements are never touched."""
 
 from __future__ import annotations
 
+import datetime
+
 import structlog
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -50,7 +52,9 @@ def run_execute(run_id) -> SettlementRun:
     run = SettlementRun.objects.select_related("started_by").get(pk=run_id)
     partners = list(partners_to_settle(run.period))
     summary = []
-    SettlementRun.objects.filter(pk=run.pk).update(status=SettlementRun.Status.RUNNING, progress=0.0, error="")
+    SettlementRun.objects.filter(pk=run.pk).update(
+        status=SettlementRun.Status.RUNNING, progress=0.0, error="", updated_at=timezone.now()
+    )
     try:
         for done, partner in enumerate(partners, start=1):
             statement, computed = statement_compute(partner=partner, period=run.period, user=run.started_by, run=run)
@@ -58,7 +62,9 @@ def run_execute(run_id) -> SettlementRun:
                 {"partner": partner.code, "statement": str(statement.pk), "computed": computed,
                  "status": statement.status, "lines": statement.line_count, "gross": str(statement.gross)}
             )  # fmt: skip
-            SettlementRun.objects.filter(pk=run.pk).update(progress=done / len(partners), summary=summary)
+            SettlementRun.objects.filter(pk=run.pk).update(
+                progress=done / len(partners), summary=summary, updated_at=timezone.now()
+            )
     except Exception as exc:
         SettlementRun.objects.filter(pk=run.pk).update(
             status=SettlementRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}"[:500], finished_at=timezone.now()
@@ -71,3 +77,23 @@ def run_execute(run_id) -> SettlementRun:
     log.info("settlement_run_done", run=str(run.pk), period=run.period, partners=len(partners))
     run.refresh_from_db()
     return run
+
+
+def runs_sweep(*, now=None) -> int:
+    """Re-queue runs that stopped moving (their worker died and the broker has not redelivered the
+    message yet): running, and no progress for longer than the task's hard time limit. Running a
+    month twice is harmless — drafts are replaced, approved statements left alone."""
+    from settlements.tasks import HARD_LIMIT
+
+    now = now or timezone.now()
+    stalled = SettlementRun.objects.filter(
+        status=SettlementRun.Status.RUNNING, updated_at__lt=now - datetime.timedelta(seconds=HARD_LIMIT + 60)
+    ).values_list("pk", flat=True)
+    count = 0
+    for run_id in list(stalled):
+        # Claim it first (a conditional update), so two sweepers do not both re-queue it.
+        if SettlementRun.objects.filter(pk=run_id, status=SettlementRun.Status.RUNNING).update(updated_at=now):
+            log.warning("settlement_run_requeued", run=str(run_id))
+            transaction.on_commit(lambda rid=run_id: _enqueue(rid))
+            count += 1
+    return count

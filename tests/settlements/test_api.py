@@ -179,3 +179,24 @@ def test_the_statement_list_filters_and_stays_within_a_few_queries(
     assert client.get("/api/v1/statements/?period=2026-10").json()["results"] == []
     with django_assert_max_num_queries(10):
         assert len(client.get(f"/api/v1/statements/{statement_id}/").json()["lines"]) == 2
+
+
+def test_a_run_that_stopped_moving_is_requeued_and_finishes(
+    finance_user, accepted, eager, django_capture_on_commit_callbacks
+):
+    import datetime
+
+    from django.utils import timezone
+
+    from settlements.services.runs import runs_sweep
+
+    long_ago = timezone.now() - datetime.timedelta(hours=2)
+    stalled = SettlementRun.objects.create(period="2026-11", started_by=finance_user, updated_at=long_ago)
+    moving = SettlementRun.objects.create(period="2026-11", started_by=finance_user)  # its worker is on it
+    with django_capture_on_commit_callbacks(execute=True):
+        assert runs_sweep() == 1
+    stalled.refresh_from_db()
+    moving.refresh_from_db()
+    assert (stalled.status, stalled.progress) == ("done", 1.0)
+    assert moving.status == "running"
+    assert Statement.objects.get().net == 60
