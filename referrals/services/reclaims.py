@@ -22,9 +22,9 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from partners.connectors.base import NoticeAnswer
 from referrals.models import Consent, ConsentEvent, Dispatch, Loan, LoanOverdue
@@ -119,8 +119,17 @@ RULES: tuple[Rule, ...] = (
 
 
 def failures(facts: Facts) -> list[tuple[str, str]]:
-    """``[(rule code, why it fails), ...]``; empty when the loan qualifies."""
+    """``[(rule code, why it fails), ...]`` in the active language (for screens); empty when the
+    loan qualifies."""
     return [(rule.code, why) for rule in RULES if (why := rule.check(facts))]
+
+
+def recorded_failures(facts: Facts) -> list[tuple[str, str]]:
+    """The same, in English, for what is stored (status reasons, near misses, the timeline): data
+    reads the same whichever language the scan, a worker or a reviewer's session happened to use,
+    like the outbox's reasons; screens show the rule's translated label beside it."""
+    with translation.override("en"):
+        return failures(facts)
 
 
 def loans_with_facts(loans=None):
@@ -202,7 +211,7 @@ def reclaims_scan(*, now: datetime.datetime | None = None, chunk: int = 2000) ->
     misses: list[ReclaimNearMiss] = []
     for loan in unseen.iterator(chunk_size=chunk):
         facts = facts_of(loan, now)
-        failing = failures(facts)
+        failing = recorded_failures(facts)
         if not failing:
             _create_candidate(facts)
             result.candidates += 1
@@ -225,7 +234,9 @@ def _create_candidate(facts: Facts) -> Reclaim:
             loan=loan, referral=loan.referral, partner_id=loan.partner_id, contract_id=loan.referral.contract_id,
             consent=facts.consent, evidence=evidence(facts),
         )  # fmt: skip
-        ReclaimTransition.objects.create(reclaim=reclaim, source="", target=reclaim.status, note=_("found by the scan"))
+        ReclaimTransition.objects.create(
+            reclaim=reclaim, source="", target=reclaim.status, note=gettext_noop("found by the scan")
+        )
     return reclaim
 
 
@@ -254,7 +265,7 @@ def recheck(reclaim_id, *, now: datetime.datetime | None = None, by=None) -> str
         reclaim = _locked(reclaim_id)
         if reclaim.status not in Reclaim.OPEN:
             return None
-        failing = failures(facts_for(reclaim.loan_id, now))
+        failing = recorded_failures(facts_for(reclaim.loan_id, now))
         if not failing:
             return None
         why = "; ".join(reason for _rule, reason in failing)
@@ -363,7 +374,7 @@ def reclaims_block_for_loan(loan_id: int) -> None:
 
 def reclaims_block_for_consent(consent: Consent) -> None:
     """Called by the withdrawal with the consent locked: every open case under it is blocked."""
-    why = _("consent is %(status)s") % {"status": consent.status}
+    why = f"consent is {consent.status}"  # stored: English, like every recorded reason
     for reclaim in Reclaim.objects.select_for_update().filter(consent=consent, status__in=Reclaim.OPEN):
         _move(reclaim, "block", note=why, status_reason=why)
 
@@ -377,7 +388,7 @@ def notice_check(dispatch: Dispatch, consent: Consent, now: datetime.datetime) -
         return ""  # a retry of the same notice (same idempotency key)
     if reclaim.status != Reclaim.Status.APPROVED:
         return f"reclaim is {reclaim.status}"
-    failing = failures(facts_for(reclaim.loan_id, now))
+    failing = recorded_failures(facts_for(reclaim.loan_id, now))
     if failing:
         why = "; ".join(reason for _rule, reason in failing)
         _move(reclaim, "block", note=why, status_reason=why[:300])
@@ -402,7 +413,7 @@ def notice_acknowledged(dispatch: Dispatch, answer: NoticeAnswer) -> None:
     if reclaim.status != Reclaim.Status.NOTIFIED:
         return
     if not answer.acknowledged:
-        reclaim.status_reason = _("the partner answered without acknowledging")
+        reclaim.status_reason = "the partner answered without acknowledging"
         reclaim.save(update_fields=["status_reason", "updated_at"])
         return
     now = timezone.now()

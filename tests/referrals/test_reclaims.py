@@ -127,12 +127,12 @@ def test_any_overdue_report_disqualifies(borrower, side):
 
 @pytest.mark.parametrize("event", ["loan.closed", "loan.defaulted"])
 def test_the_loan_must_still_be_open(borrower, side, event):
-    from referrals.services.reclaims import facts_for, failures
+    from referrals.services.reclaims import facts_for, recorded_failures
 
     side.send(event, borrower, at(20, 9, month=10), loan_id="L-1")
     assert scan().candidates == 0  # ended loans are not even looked at
     loan = Loan.objects.get()
-    assert failures(facts_for(loan.pk, AFTER_NON_SOLICIT)) == [("loan_open", f"the loan is {loan.status}")]
+    assert recorded_failures(facts_for(loan.pk, AFTER_NON_SOLICIT)) == [("loan_open", f"the loan is {loan.status}")]
 
 
 def test_the_routing_contract_version_must_allow_reclaims(
@@ -231,7 +231,7 @@ def test_each_step_rechecks_the_rules_and_blocks(candidate, compliance_officer):
     Consent.objects.update(purposes=["loan_referral"])
     with pytest.raises(ValidationError) as refused:
         reclaim_approve(actor=compliance_officer, reclaim=candidate, reason="looks fine")
-    assert "blocked" in str(refused.value)
+    assert "consent lacks reclaim_offer" in refused.value.message_dict["status"][0]
     reclaim = Reclaim.objects.get()
     assert (reclaim.status, reclaim.status_reason) == ("blocked", "consent lacks reclaim_offer")
     assert not Dispatch.objects.filter(kind="reclaim_notice").exists()
