@@ -6,6 +6,7 @@ an app's services, so the rules read the same in the admin as in the API.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -116,39 +117,98 @@ def error_text(exc: ValidationError | PermissionDenied) -> str:
 # --- counting big tables --------------------------------------------------------------------------
 class BoundedCountPaginator(Paginator):
     """Counts at most ``cap`` rows (``COUNT(*)`` over a ``LIMIT`` subquery), so a page costs the same
-    at a thousand rows as at fifty million, and deep ``OFFSET`` pages are never linked. Past the cap
-    the changelist says so; on PostgreSQL it adds the planner's estimate of the whole table
-    (``reltuples``) when the list is not filtered."""
+    at a thousand rows as at fifty million. Past the cap ``capped`` is set and the count stops at
+    ``cap`` (the changelist shows "10000+")."""
 
     cap = 10_000
     capped = False
+    estimated = False  # True when ``count`` is the database's estimate rather than a count
 
-    @cached_property
-    def count(self) -> int:
+    def bounded_count(self) -> int:
         counted = self.object_list.order_by()[: self.cap + 1].count()
         self.capped = counted > self.cap
         return min(counted, self.cap)
 
     @cached_property
+    def count(self) -> int:
+        if not isinstance(self.object_list, models.QuerySet):
+            return super().count
+        return self.bounded_count()
+
+    @cached_property
     def estimated_total(self) -> int | None:
+        return self.count if self.estimated else None
+
+
+class EstimatedCountPaginator(BoundedCountPaginator):
+    """The changelists' paginator: never a ``COUNT(*)`` over a whole table (perf-notes.md).
+
+    On PostgreSQL an unfiltered list takes the planner's row estimate for the table (``reltuples``,
+    0.1 ms at any size) once it is at least ``cap`` rows — below that statistics may be stale or
+    missing, so the rows are counted exactly, which is cheap there. A filtered list is counted up to
+    ``cap`` rows; past that, the planner's estimate for the filtered query (``EXPLAIN``) is used if it
+    is larger, else the count stops at the cap. Elsewhere (SQLite) the count is bounded. Estimated
+    counts read "about N" on the changelist, capped ones "N+"; every page stays reachable either way.
+    """
+
+    @cached_property
+    def count(self) -> int:
         queryset = self.object_list
+        if not isinstance(queryset, models.QuerySet):
+            return super().count
         connection = connections[queryset.db]
-        if not self.capped or connection.vendor != "postgresql" or queryset.query.where:
-            return None
+        if connection.vendor != "postgresql":
+            return self.bounded_count()
+        if self._whole_table(queryset):
+            estimate = self._table_estimate(queryset, connection)
+            if estimate >= self.cap:
+                self.estimated = True
+                return estimate
+        counted = self.bounded_count()
+        if not self.capped:
+            return counted
+        estimate = self._plan_estimate(queryset, connection)
+        if estimate > self.cap:
+            self.capped, self.estimated = False, True
+            return estimate
+        return counted
+
+    @staticmethod
+    def _whole_table(queryset: models.QuerySet) -> bool:
+        query = queryset.query
+        return not (query.where or query.distinct or query.is_sliced or query.combinator)
+
+    @staticmethod
+    def _table_estimate(queryset: models.QuerySet, connection) -> int:
+        table = connection.ops.quote_name(queryset.model._meta.db_table)
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [queryset.model._meta.db_table]
-            )
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", [table])
             row = cursor.fetchone()
-        return row[0] if row and row[0] > 0 else None
+        return row[0] if row and row[0] is not None else -1  # -1: never analysed
+
+    @staticmethod
+    def _plan_estimate(queryset: models.QuerySet, connection) -> int:
+        sql, params = queryset.order_by().query.get_compiler(connection=connection).as_sql()
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+            plan = cursor.fetchone()[0]
+        if isinstance(plan, str | bytes):
+            plan = json.loads(plan)
+        return int(plan[0]["Plan"]["Plan Rows"])
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class LargeTableAdminMixin:
+    """Every changelist of the project: counts that never scan a whole table, and no second count
+    of the unfiltered table for "X of Y selected"."""
+
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+
+class ReadOnlyAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     """What happened, as recorded: written by workers and callbacks, never edited here."""
 
     actions = ()
-    show_full_result_count = False
-    paginator = BoundedCountPaginator
     list_per_page = 50
     change_list_template = "admin/referrals/operations/change_list.html"
 

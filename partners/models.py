@@ -108,6 +108,11 @@ class Partner(models.Model):
             ("change_partner_status", _("Can activate, suspend or offboard partners")),
             ("operate_partner", _("Can pause or resume a partner and reset its circuit breaker")),
         ]
+        # The changelist's filters (the code, its ordering, is unique).
+        indexes = [
+            models.Index(fields=["status"], name="partner_status_idx"),
+            models.Index(fields=["license_type"], name="partner_license_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.code} {self.name}"
@@ -234,7 +239,10 @@ class Contract(models.Model):
                 name="contract_effective_range",
             ),
         ]
-        indexes = [models.Index(fields=["partner", "status", "effective_from"], name="contract_in_force_idx")]
+        indexes = [
+            models.Index(fields=["partner", "status", "effective_from"], name="contract_in_force_idx"),
+            models.Index(fields=["status", "created_at"], name="contract_status_idx"),  # the changelist's filter
+        ]
 
     def __str__(self) -> str:
         return f"{self.partner.code} v{self.version} ({self.get_status_display()})"

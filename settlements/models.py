@@ -63,6 +63,7 @@ class SettlementRun(models.Model):
         verbose_name_plural = _("settlement runs")
         ordering = ["-created_at"]
         permissions = [("run_settlement", _("Can run settlements"))]
+        indexes = [models.Index(fields=["status", "created_at"], name="settlement_run_status_idx")]
 
     def __str__(self) -> str:
         return f"{self.period} {self.get_status_display()}"
@@ -133,7 +134,10 @@ class Statement(models.Model):
             ("export_statement", _("Can export statements")),
         ]
         constraints = [models.UniqueConstraint(fields=["partner", "period"], name="statement_one_per_partner_month")]
-        indexes = [models.Index(fields=["period", "partner"], name="statement_period_idx")]
+        indexes = [
+            models.Index(fields=["period", "partner"], name="statement_period_idx"),
+            models.Index(fields=["status", "period"], name="statement_status_idx"),  # the changelist's filter
+        ]
 
     def __str__(self) -> str:
         return f"{self.partner.code} {self.period}"

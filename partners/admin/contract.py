@@ -22,7 +22,7 @@ from django.utils.translation import ngettext
 from django_fsm import can_proceed
 from simple_history.admin import SimpleHistoryAdmin
 
-from config.admin_tools import ServiceAdminMixin, ServiceModelForm, error_text
+from config.admin_tools import LargeTableAdminMixin, ServiceAdminMixin, ServiceModelForm, error_text
 from partners import selectors, services, terms
 from partners.admin.terms_display import render_terms_diff, render_terms_table
 from partners.models import Contract
@@ -129,7 +129,7 @@ class ContractAdminForm(ServiceModelForm):
 
 
 @admin.register(Contract)
-class ContractAdmin(ServiceAdminMixin, SimpleHistoryAdmin):
+class ContractAdmin(LargeTableAdminMixin, ServiceAdminMixin, SimpleHistoryAdmin):
     form = ContractAdminForm
     change_form_template = "admin/partners/contract/change_form.html"
     transition_template = "admin/partners/contract/transition.html"

@@ -20,7 +20,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from simple_history.admin import SimpleHistoryAdmin
 
-from config.admin_tools import EMPTY, ServiceAdminMixin, ServiceModelForm, error_text
+from config.admin_tools import EMPTY, LargeTableAdminMixin, ServiceAdminMixin, ServiceModelForm, error_text
 from partners import services
 from partners.admin.contract import TransitionForm
 from partners.models import Partner, PartnerCircuit
@@ -156,7 +156,7 @@ PARTNER_OPERATIONS = {
 
 
 @admin.register(Partner)
-class PartnerAdmin(ServiceAdminMixin, SimpleHistoryAdmin):
+class PartnerAdmin(LargeTableAdminMixin, ServiceAdminMixin, SimpleHistoryAdmin):
     form = PartnerAdminForm
     change_form_template = "admin/referrals/operations/change_form.html"
     operation_template = "admin/referrals/operations/confirm.html"

@@ -20,7 +20,7 @@ from django.utils.http import content_disposition_header
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from config.admin_tools import EMPTY, error_text
+from config.admin_tools import EMPTY, LargeTableAdminMixin, error_text
 from referrals import selectors
 from referrals.admin.display import SEARCH_HINT, region_display, shanghai_time
 from referrals.models import Applicant, Consent
@@ -61,7 +61,7 @@ def latest_consent(applicant: Applicant) -> Consent | None:
 
 
 @admin.register(Applicant)
-class ApplicantAdmin(admin.ModelAdmin):
+class ApplicantAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     change_form_template = "admin/referrals/change_form.html"
     reveal_template = "admin/referrals/applicant/reveal.html"
     export_template = "admin/referrals/applicant/export.html"
@@ -83,7 +83,6 @@ class ApplicantAdmin(admin.ModelAdmin):
     search_fields = ("=external_id",)
     search_help_text = SEARCH_HINT
     actions = ()
-    show_full_result_count = False
     fieldsets = (
         (None, {"fields": ("external_id", "name_display", "national_id_display", "phone_display", "age")}),
         (

@@ -19,7 +19,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from config.admin_tools import EMPTY, ServiceAdminMixin, ServiceModelForm, error_text
+from config.admin_tools import EMPTY, LargeTableAdminMixin, ServiceAdminMixin, ServiceModelForm, error_text
 from referrals import selectors
 from referrals.admin.display import (
     DATA_CATEGORY_LABELS,
@@ -60,7 +60,7 @@ class WithdrawForm(forms.Form):
 
 
 @admin.register(Consent)
-class ConsentAdmin(admin.ModelAdmin):
+class ConsentAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     change_form_template = "admin/referrals/consent/change_form.html"
     withdraw_template = "admin/referrals/consent/withdraw.html"
     list_display = (
@@ -77,7 +77,6 @@ class ConsentAdmin(admin.ModelAdmin):
     search_fields = ("=applicant__external_id",)  # see get_search_results: exact, by blind index
     search_help_text = SEARCH_HINT
     actions = ()
-    show_full_result_count = False
     fieldsets = (
         (None, {"fields": ("applicant_link", "status", "channel", "granted_at", "expires_at")}),
         (
@@ -320,7 +319,7 @@ class ConsentTextAdminForm(ServiceModelForm):
 
 
 @admin.register(ConsentText)
-class ConsentTextAdmin(ServiceAdminMixin, admin.ModelAdmin):
+class ConsentTextAdmin(LargeTableAdminMixin, ServiceAdminMixin, admin.ModelAdmin):
     form = ConsentTextAdminForm
     change_form_template = "admin/referrals/change_form.html"
     list_display = ("code", "language", "sha256_display", "validity_days", "consents_count", "created_by", "created_at")

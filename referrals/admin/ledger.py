@@ -9,16 +9,16 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from config.admin_tools import LargeTableAdminMixin
 from referrals.admin.display import hash_code, payload_json, shanghai_time
 from referrals.models import ConsentEvent, LedgerCheckpoint
 
 
-class ReadOnlyLedgerAdmin(admin.ModelAdmin):
+class ReadOnlyLedgerAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     """Append-only records: no add, no change, no delete, no bulk actions."""
 
     actions = ()
     ordering = ("-id",)
-    show_full_result_count = False
 
     def has_add_permission(self, request):
         return False

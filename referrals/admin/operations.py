@@ -1,8 +1,8 @@
 """The operations screens for referrals: the queues (with a summary per partner and status), each
 referral's routing, calls and loans, and retry / cancel as buttons that call the services.
 
-Big tables (perf-notes.md): ordered by an indexed ``created_at``, counts capped by
-``BoundedCountPaginator``, no date hierarchy, foreign keys joined in the page query."""
+Big tables (perf-notes.md): ordered by an indexed ``created_at``, counts estimated by
+``EstimatedCountPaginator``, no date hierarchy, foreign keys joined in the page query."""
 
 from __future__ import annotations
 

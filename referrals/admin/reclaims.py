@@ -31,7 +31,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from config.admin_tools import EMPTY, ReadOnlyAdmin, error_text
+from config.admin_tools import EMPTY, EstimatedCountPaginator, ReadOnlyAdmin, error_text
 from referrals.admin.display import PURPOSE_LABELS, labelled, shanghai_time
 from referrals.admin.queues import short_id
 from referrals.models import Consent, Dispatch, Reclaim, ReclaimNearMiss
@@ -294,7 +294,16 @@ class ReclaimAdmin(ReadOnlyAdmin):
             ),
         }
         if extra_context["near_miss_url"]:
-            extra_context["near_miss_count"] = ReclaimNearMiss.objects.count()  # replaced by each scan: small
+            # Replaced by each scan, but as large as the loan book can make it: counted like a changelist.
+            near_misses = EstimatedCountPaginator(ReclaimNearMiss.objects.order_by("pk"), per_page=1)
+            count = near_misses.count
+            extra_context["near_miss_count"] = (
+                f"{count}+"
+                if near_misses.capped
+                else gettext("about %(count)s") % {"count": count}
+                if near_misses.estimated
+                else count
+            )
         return super().changelist_view(request, extra_context)
 
     # --- urls ----------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class ConsentText(models.Model):
         verbose_name = _("consent text")
         verbose_name_plural = _("consent texts")
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["language", "created_at"], name="consent_text_language_idx")]
 
     def __str__(self) -> str:
         return self.code
@@ -91,7 +92,10 @@ class Consent(models.Model):
         verbose_name_plural = _("consents")
         ordering = ["-created_at"]
         permissions = [("withdraw_consent", _("Can withdraw a consent on the applicant's behalf"))]
-        indexes = [models.Index(fields=["status", "expires_at"], name="consent_expiry_idx")]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="consent_expiry_idx"),
+            models.Index(fields=["channel", "created_at"], name="consent_channel_idx"),  # the changelist's filter
+        ]
 
     def __str__(self) -> str:
         return f"{self.text.code} {self.get_status_display()}"
@@ -161,6 +165,7 @@ class ConsentEvent(models.Model):
         verbose_name_plural = _("consent ledger events")
         ordering = ["consent_id", "seq"]
         constraints = [models.UniqueConstraint(fields=["consent", "seq"], name="consent_event_unique_seq")]
+        indexes = [models.Index(fields=["type", "id"], name="consent_event_type_idx")]  # the ledger screen's filter
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.type}"

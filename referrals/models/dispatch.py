@@ -59,6 +59,7 @@ class Dispatch(models.Model):
             models.Index(fields=["status", "lease_expires_at"], name="dispatch_lease_idx"),
             models.Index(fields=["consent", "status"], name="dispatch_consent_idx"),
             models.Index(fields=["partner", "status", "created_at"], name="dispatch_partner_idx"),
+            models.Index(fields=["kind", "created_at"], name="dispatch_kind_idx"),  # the changelist's filter
         ]
 
     def __str__(self) -> str:

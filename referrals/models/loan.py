@@ -39,6 +39,7 @@ class CallbackEvent(models.Model):
         indexes = [
             models.Index(fields=["status", "received_at"], name="callback_status_idx"),
             models.Index(fields=["partner", "type", "occurred_at"], name="callback_type_time_idx"),
+            models.Index(fields=["type", "received_at"], name="callback_type_idx"),  # the changelist's filter
         ]
 
     def __str__(self) -> str:
@@ -81,6 +82,7 @@ class Loan(models.Model):
         indexes = [
             models.Index(fields=["partner", "approved_at"], name="loan_approved_idx"),
             models.Index(fields=["partner", "disbursed_at"], name="loan_disbursed_idx"),
+            models.Index(fields=["status", "created_at"], name="loan_status_idx"),  # the changelist's filter
         ]
 
     def __str__(self) -> str:

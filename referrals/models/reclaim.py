@@ -151,6 +151,7 @@ class ReclaimNearMiss(models.Model):
         verbose_name = _("reclaim near miss")
         verbose_name_plural = _("reclaim near misses")
         ordering = ["rule", "loan_id"]
+        indexes = [models.Index(fields=["rule", "loan"], name="near_miss_rule_idx")]  # ordering and filter
 
     def __str__(self) -> str:
         return f"{self.loan_id}: {self.rule}"
