@@ -12,6 +12,8 @@ from pathlib import Path
 
 from celery import Celery
 
+from config import requestid
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("spillway")
@@ -26,3 +28,6 @@ for _folder in {
     Path(_folder).mkdir(parents=True, exist_ok=True)
 
 app.autodiscover_tasks()
+
+# The web request's id travels in each message's headers and is bound again in the worker.
+requestid.connect_signals()

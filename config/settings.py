@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env, env_bool, env_int, env_list, env_str
 
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "simple_history",
     "django_celery_beat",
+    "django_prometheus",
     "config",
     "partners",
     "referrals",
@@ -49,6 +51,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # first: times the whole stack
+    "config.requestid.RequestIdMiddleware",  # before anything that may log
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -59,6 +63,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",  # last: sees the view and its status
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -80,7 +85,22 @@ TEMPLATES = [
     },
 ]
 
-# --- database -------------------------------------------------------------------------------
+# --- database and cache ---------------------------------------------------------------------
+# The same backends wrapped to count queries, errors, connections and cache hits for /metrics
+# (django-prometheus; our cache backends: config.metrics). Anything else is left as it is.
+METRICS_BACKENDS = {
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.core.cache.backends.locmem.LocMemCache": "config.metrics.LocMemCache",
+    "django.core.cache.backends.redis.RedisCache": "config.metrics.RedisCache",
+}
+
+
+def with_metrics(backend: str) -> str:
+    """The instrumented twin of a database ENGINE or cache BACKEND that django-environ produced."""
+    return METRICS_BACKENDS.get(backend, backend)
+
+
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'spillway.sqlite3'}"),
 }
@@ -94,10 +114,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env_int("DATABASE_CONN_MAX_AGE", 60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["ENGINE"] = with_metrics(DATABASES["default"]["ENGINE"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- cache ----------------------------------------------------------------------------------
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://spillway")}
+CACHES["default"]["BACKEND"] = with_metrics(CACHES["default"]["BACKEND"])
 
 # --- auth -----------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -234,20 +255,27 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
-# --- health ---------------------------------------------------------------------------------
+# --- health and metrics ---------------------------------------------------------------------
 HEALTH_CHECK_CELERY_TIMEOUT = env_int("HEALTH_CHECK_CELERY_TIMEOUT_SECONDS", 3, minimum=1)
+# /metrics from anywhere but this machine needs "Authorization: Bearer <token>" (config.metrics).
+SPILLWAY_METRICS_TOKEN = env_str("SPILLWAY_METRICS_TOKEN", "")
 
 # --- logging --------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# json: one JSON object per line (what production's log shipper reads); console: for people.
+LOG_FORMAT = env_str("LOG_FORMAT", "console" if DEBUG else "json").lower()
+if LOG_FORMAT not in {"console", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be console or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # structlog events and plain logging records alike, with the request id (config.logs).
+        "structured": {"()": "config.logs.formatter", "json": LOG_FORMAT == "json"},
     },
     "filters": {"mask_pii": {"()": "config.logs.MaskingFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_pii"]},
+        "console": {"class": "logging.StreamHandler", "formatter": "structured", "filters": ["mask_pii"]},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

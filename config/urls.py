@@ -1,4 +1,4 @@
-"""URLs: the admin (the back office), the REST API v1, its schema and docs, and health."""
+"""URLs: the admin (the back office), the REST API v1, its schema and docs, health and metrics."""
 
 import datetime
 
@@ -8,6 +8,8 @@ from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from health_check.views import HealthCheckView
+
+from config.metrics import metrics_view
 
 health_checks = [
     "health_check.checks.Database",
@@ -31,5 +33,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
     path("health/", HealthCheckView.as_view(checks=health_checks), name="health"),
+    path("metrics", metrics_view, name="metrics"),  # Prometheus' default path, no slash
     path("i18n/", include("django.conf.urls.i18n")),
 ]

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 
 from partners import signing
 from partners.models import Partner
+from referrals.metrics import callback_rejected
 from referrals.models import Referral
 from referrals.services.callbacks import CallbackConflict, CallbackSerializer, callback_receive
 
@@ -58,6 +59,7 @@ class PartnerCallbackView(APIView):
     def post(self, request, code: str):
         partner = Partner.objects.filter(code=code).first() if re.fullmatch(r"[A-Z0-9_]{2,32}", code) else None
         if partner is None:
+            callback_rejected("unknown_partner")
             return Response({"detail": "Unknown partner."}, status=status.HTTP_404_NOT_FOUND)
         raw = request.data if isinstance(request.data, bytes) else b""
         try:
@@ -66,12 +68,15 @@ class PartnerCallbackView(APIView):
             )
         except signing.SignatureError as exc:
             log.warning("callback refused", partner=partner.code, reason=exc.reason)
+            callback_rejected("stale" if exc.reason == "stale" else "bad_signature")
             return Response({"detail": f"Signature refused: {exc.reason}."}, status=status.HTTP_401_UNAUTHORIZED)
         try:
             body = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
+            callback_rejected("malformed")
             return Response({"non_field_errors": ["The body is not JSON."]}, status=status.HTTP_400_BAD_REQUEST)
         if not isinstance(body, dict):
+            callback_rejected("malformed")
             return Response(
                 {"non_field_errors": ["The body must be a JSON object."]}, status=status.HTTP_400_BAD_REQUEST
             )
@@ -79,10 +84,13 @@ class PartnerCallbackView(APIView):
             with transaction.atomic():
                 event, created = callback_receive(partner=partner, body=body)
         except serializers.ValidationError as exc:
+            callback_rejected("malformed")
             return Response(exc.detail, status=status.HTTP_400_BAD_REQUEST)
         except Referral.DoesNotExist:
+            callback_rejected("unknown_referral")
             return Response({"detail": "Unknown referral for this partner."}, status=status.HTTP_404_NOT_FOUND)
         except CallbackConflict:
+            callback_rejected("conflict")
             return Response(
                 {"event_id": ["This event_id was already received with a different body."]},
                 status=status.HTTP_409_CONFLICT,

@@ -47,7 +47,7 @@ def database_url() -> str:
     from django.conf import settings
 
     db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
+    if not db["ENGINE"].endswith(".postgresql"):  # Django's backend or its django-prometheus twin
         raise RuntimeError("a worker process can share only a PostgreSQL test database")
     user = quote(db.get("USER") or "", safe="")
     password = quote(db.get("PASSWORD") or "", safe="")
