@@ -8,8 +8,9 @@ class ConfigConfig(AppConfig):
     verbose_name = "Spillway"
 
     def ready(self) -> None:
-        from config import checks  # registers the system checks
+        from config import checks, security  # checks: registers the system checks
         from config.logs import configure_structlog
 
         configure_structlog()
+        security.connect_signals()  # sign-ins, failed sign-ins and sign-outs: logged and counted
         checks.refuse_insecure_production()

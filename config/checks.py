@@ -38,10 +38,12 @@ def production_secrets_check(app_configs, **kwargs) -> list[Error]:
 def celery_visibility_check(app_configs, **kwargs) -> list[Error]:
     """A Redis visibility timeout shorter than a task's time limit makes slow tasks run twice."""
     timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
-    if timeout is not None and timeout <= settings.CELERY_TASK_TIME_LIMIT:
+    longest = max(settings.CELERY_TASK_TIME_LIMIT, settings.SPILLWAY_LONG_TASK_TIME_LIMIT)
+    if timeout is not None and timeout <= longest:
         return [
             Error(
-                "CELERY_VISIBILITY_TIMEOUT must be longer than CELERY_TASK_TIME_LIMIT.",
+                "CELERY_VISIBILITY_TIMEOUT must be longer than the longest task time limit "
+                f"(CELERY_TASK_TIME_LIMIT / SPILLWAY_LONG_TASK_TIME_LIMIT: {longest} s).",
                 id="spillway.E010",
             )
         ]

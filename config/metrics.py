@@ -39,10 +39,21 @@ from django_prometheus.cache.metrics import (
     django_cache_hits_total,
     django_cache_misses_total,
 )
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.registry import Collector
 
 _MISSING = object()
+
+# Sign-ins and refusals (config.security): kept in memory, so per process (or summed over the
+# processes' files in multiprocess mode).
+LOGIN_OUTCOMES = ("success", "failure", "logout")
+LOGINS = Counter("spillway_logins", "Sign-ins, failed sign-ins and sign-outs, by outcome.", ["outcome"])
+for _outcome in LOGIN_OUTCOMES:
+    LOGINS.labels(outcome=_outcome)  # on the page from the start, at 0
+ACCESS_DENIED_KINDS = ("admin", "api", "other")
+ACCESS_DENIED = Counter("spillway_access_denied", "Requests answered 403, by part of the site.", ["kind"])
+for _kind in ACCESS_DENIED_KINDS:
+    ACCESS_DENIED.labels(kind=_kind)
 
 # Collectors that read shared state (the database) when scraped; see register_collector().
 _collectors: list[Collector] = []

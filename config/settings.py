@@ -6,6 +6,7 @@ to start with DEBUG off and any development secret or key still in place.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from celery.schedules import crontab
@@ -60,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "config.security.AccessDeniedMiddleware",  # logs and counts every 403 (after auth: knows the user)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
@@ -150,14 +152,37 @@ STORAGES = {
 }
 
 # --- production hardening (only when DEBUG is off) -----------------------------------------
+# `manage.py check --deploy --fail-level WARNING` is clean with these (CI runs it: .ci/run).
 if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients).
+    if env_bool("SECURE_PROXY_SSL_HEADER", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+    SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
     X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Sessions end 8 hours after login (absolute: activity does not extend them) or when the browser closes.
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=60)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+SESSION_SAVE_EVERY_REQUEST = False
+
 
 # --- REST API -------------------------------------------------------------------------------
+def throttle_rate(name: str, default: str) -> str:
+    """A DRF rate, ``<requests>/<sec|min|hour|day>``; checked here rather than at the first request."""
+    rate = env_str(name, default)
+    if not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)", rate):
+        raise ImproperlyConfigured(f"{name} must look like 60/min (per s, min, hour or day), not {rate!r}")
+    return rate
+
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -168,6 +193,16 @@ REST_FRAMEWORK = {
     # api.md: JSON in and out. (Views that take files or raw bytes say so themselves.)
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Per user (token or session) and per client address for anonymous calls; a 429 says how long
+    # to wait (Retry-After). Counted in the cache (CACHE_URL), shared by every process.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": throttle_rate("SPILLWAY_API_USER_RATE", "6000/min"),
+        "anon": throttle_rate("SPILLWAY_API_ANON_RATE", "60/min"),
+    },
     "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -230,6 +265,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
+# Settlement runs and the reclaim scan walk a whole month or book of loans: their own, longer limit
+# (the visibility timeout must exceed it too; checked by spillway.E010).
+SPILLWAY_LONG_TASK_TIME_LIMIT = env_int("SPILLWAY_LONG_TASK_TIME_LIMIT", 1800, minimum=1)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TIMEZONE = TIME_ZONE
@@ -249,6 +287,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(env_int("SPILLWAY_RECLAIM_SCAN_SECONDS", 0, minimum=0)) or crontab(hour=2, minute=30),
     },
     "settlement-runs-sweep": {"task": "settlements.runs_sweep", "schedule": 300.0},
+    "callbacks-sweep": {"task": "referrals.callbacks_sweep", "schedule": 60.0},
     "ledger-checkpoint": {
         "task": "referrals.ledger_checkpoint",
         "schedule": 60.0 * env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 from celery import shared_task
+from django.conf import settings
 
 from referrals.services import consents, ledger
 
@@ -49,6 +50,16 @@ def dispatch_sweep_task() -> dict:
     return result
 
 
+@shared_task(name="referrals.callbacks_sweep")
+def callbacks_sweep_task() -> int:
+    from referrals.services.callbacks import callbacks_sweep
+
+    count = callbacks_sweep()
+    if count:
+        log.info("callbacks sweep", requeued=count)
+    return count
+
+
 @shared_task(name="referrals.callback_apply")
 def callback_apply_task(event_id: int) -> str:
     from referrals.services.callbacks import callback_apply
@@ -56,7 +67,11 @@ def callback_apply_task(event_id: int) -> str:
     return callback_apply(event_id)
 
 
-@shared_task(name="referrals.reclaims_scan")
+@shared_task(
+    name="referrals.reclaims_scan",
+    soft_time_limit=max(1, settings.SPILLWAY_LONG_TASK_TIME_LIMIT - 100),
+    time_limit=settings.SPILLWAY_LONG_TASK_TIME_LIMIT,
+)
 def reclaims_scan_task() -> dict:
     """Nightly: new reclaim candidates, near misses, blocks, hand-backs."""
     from referrals.services.reclaims import reclaims_scan

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
 # A month of a large partner takes minutes, not seconds: a longer limit than the default, still
 # well inside the Redis visibility timeout (a killed worker's run is redelivered and re-run;
 # drafts are replaced, approved statements are never touched).
-SOFT_LIMIT, HARD_LIMIT = 1700, 1800
+HARD_LIMIT = settings.SPILLWAY_LONG_TASK_TIME_LIMIT
+SOFT_LIMIT = max(1, HARD_LIMIT - 100)
 
 
 @shared_task(name="settlements.run", soft_time_limit=SOFT_LIMIT, time_limit=HARD_LIMIT)

@@ -366,7 +366,9 @@ class ReclaimCaseSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_borrower(self, reclaim) -> BorrowerSerializer:
-        return BorrowerSerializer(reclaim.referral.applicant, context=self.context).data
+        # In clear only for a borrower actually handed back, and only when the view recorded the read.
+        reveal = reclaim.pk in self.context.get("reveal_ids", ())
+        return BorrowerSerializer(reclaim.referral.applicant, context={**self.context, "reveal": reveal}).data
 
 
 class ReclaimDecisionSerializer(serializers.Serializer):

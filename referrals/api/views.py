@@ -183,28 +183,41 @@ class ReclaimViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         "propose": "referrals.propose_reclaim",
         "approve": "referrals.approve_reclaim",
         "reject": "referrals.approve_reclaim",
+        "retry_notice": "referrals.propose_reclaim",
     }
 
     def _reveal(self) -> bool:
         return self.request.user.has_perm("referrals.receive_reclaimed_pii")
 
+    def _revealed(self, reclaims: list[Reclaim]) -> set:
+        """The reclaims whose borrower this caller receives in clear — handed-back ones only, and
+        only with ``receive_reclaimed_pii`` — each read recorded in the borrower's consent ledger."""
+        if not self.request.user.has_perm("referrals.receive_reclaimed_pii"):
+            return set()
+        handed_back = [r for r in reclaims if r.status == Reclaim.Status.RECLAIMED]
+        if handed_back:
+            reclaim_services.reclaims_reveal(actor=self.request.user, reclaims=handed_back)
+        return {r.pk for r in handed_back}
+
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        reveal = self._reveal()
-        if reveal:
-            reclaim_services.reclaims_reveal(actor=request.user, reclaims=page)
-        data = ReclaimCaseSerializer(page, many=True, context={"request": request, "reveal": reveal}).data
-        return self.get_paginated_response(data)
+        context = {"request": request, "reveal_ids": self._revealed(page)}
+        return self.get_paginated_response(ReclaimCaseSerializer(page, many=True, context=context).data)
 
     def retrieve(self, request, *args, **kwargs):
         return self._answer(self.get_object())
 
     def _answer(self, reclaim: Reclaim) -> Response:
         reclaim = self.get_queryset().get(pk=reclaim.pk)
-        reveal = self._reveal()
-        if reveal:
-            reclaim_services.reclaims_reveal(actor=self.request.user, reclaims=[reclaim])
-        return Response(ReclaimCaseSerializer(reclaim, context={"request": self.request, "reveal": reveal}).data)
+        context = {"request": self.request, "reveal_ids": self._revealed([reclaim])}
+        return Response(ReclaimCaseSerializer(reclaim, context=context).data)
+
+    @extend_schema(request=None, responses=ReclaimCaseSerializer)
+    @action(detail=True, methods=["post"], url_path="retry-notice")
+    def retry_notice(self, request, pk=None):
+        """Send a notice whose retries ran out again (same idempotency key; the rules are checked
+        again before it leaves)."""
+        return self._answer(reclaim_services.reclaim_retry_notice(actor=request.user, reclaim=self.get_object()))
 
     @extend_schema(request=None, responses={202: ReclaimScanSerializer})
     @action(detail=False, methods=["post"])

@@ -99,9 +99,10 @@ class Reclaim(models.Model):
     def reject(self):
         pass
 
-    @transition(field=status, source=OPEN, target=Status.BLOCKED)
+    @transition(field=status, source=(*OPEN, Status.NOTIFIED), target=Status.BLOCKED)
     def block(self):
-        pass
+        """A rule stopped holding before the partner acknowledged (a notice whose sending failed
+        is re-checked before it is sent again)."""
 
     @transition(field=status, source=Status.APPROVED, target=Status.NOTIFIED)
     def notify(self):

@@ -143,6 +143,23 @@ def _enqueue_apply(event_id: int) -> None:
     callback_apply_task.delay(event_id)
 
 
+def callbacks_sweep(*, now=None, grace_seconds: int = 60, horizon_hours: int = 24, limit: int = 5000) -> int:
+    """Queue again the events still ``received`` a minute after they arrived: their message was
+    lost (a broker restart, a worker killed before it took it) — applying is idempotent, so a
+    message that was only slow costs nothing. Events that keep waiting for an earlier one are tried
+    for a day, then stay visible as received in the admin."""
+    now = now or timezone.now()
+    stale = CallbackEvent.objects.filter(
+        status=CallbackEvent.Status.RECEIVED,
+        received_at__lt=now - datetime.timedelta(seconds=grace_seconds),
+        received_at__gte=now - datetime.timedelta(hours=horizon_hours),
+    ).order_by("received_at")
+    ids = list(stale.values_list("pk", flat=True)[:limit])
+    for event_id in ids:
+        _enqueue_apply(event_id)
+    return len(ids)
+
+
 def callback_apply(event_id: int) -> str:
     """Apply one stored event (idempotent: an applied event is skipped), then any of the same
     referral's events that were waiting for it."""

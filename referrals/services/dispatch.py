@@ -216,6 +216,7 @@ ON_SUCCESS: dict = {}  # kind → callable(dispatch, answer) (reclaims register 
 # kind → callable(dispatch, consent, now) -> refusal ("" to send), run in the claim with the consent
 # locked: the reclaim rules are checked here, immediately before the notice leaves.
 NOTICE_CHECKS: dict = {}
+ON_FAILURE: dict = {}  # kind → callable(dispatch, error) when a call failed for good (reclaims register here)
 
 
 def _mark_referral_sending(dispatch: Dispatch, now) -> None:
@@ -335,6 +336,8 @@ def _record(claimed: Claimed, started, duration_ms: int, answer, error, *, count
             status=Dispatch.Status.FAILED, completed_at=now, lease_expires_at=None, last_error=str(error)[:300]
         )
         _fail_referral(dispatch, str(error), now)
+        if dispatch.kind in ON_FAILURE:
+            ON_FAILURE[dispatch.kind](dispatch, str(error))
         return "failed"
 
 

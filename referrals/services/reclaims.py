@@ -384,16 +384,16 @@ def notice_check(dispatch: Dispatch, consent: Consent, now: datetime.datetime) -
     """Immediately before the notice leaves (consent locked): every rule again; the case moves to
     ``notified``, or is blocked and nothing is sent."""
     reclaim = Reclaim.objects.select_for_update().get(pk=dispatch.subject_id)
-    if reclaim.status == Reclaim.Status.NOTIFIED:
-        return ""  # a retry of the same notice (same idempotency key)
-    if reclaim.status != Reclaim.Status.APPROVED:
+    if reclaim.status not in (Reclaim.Status.APPROVED, Reclaim.Status.NOTIFIED):
         return f"reclaim is {reclaim.status}"
     failing = recorded_failures(facts_for(reclaim.loan_id, now))
     if failing:
         why = "; ".join(reason for _rule, reason in failing)
         _move(reclaim, "block", note=why, status_reason=why[:300])
         return f"reclaim blocked: {why}"[:300]
-    _move(reclaim, "notify", notified_at=now)
+    if reclaim.status == Reclaim.Status.APPROVED:
+        _move(reclaim, "notify", notified_at=now)
+    # else: a retry of the same notice (same idempotency key), checked again all the same
     return ""
 
 
@@ -439,6 +439,44 @@ def reclaims_hand_back_due(*, now: datetime.datetime | None = None) -> int:
 outbox.NOTICE_BUILDERS[Dispatch.Kind.RECLAIM_NOTICE] = notice_payload
 outbox.NOTICE_CHECKS[Dispatch.Kind.RECLAIM_NOTICE] = notice_check
 outbox.ON_SUCCESS[Dispatch.Kind.RECLAIM_NOTICE] = notice_acknowledged
+
+
+def notice_failed(dispatch: Dispatch, error: str) -> None:
+    """Every retry failed: the case stays ``notified`` (the partner may have read a notice that
+    timed out) and says so; ``reclaim_retry_notice`` sends it again."""
+    Reclaim.objects.filter(pk=dispatch.subject_id, status=Reclaim.Status.NOTIFIED).update(
+        status_reason=f"notice failed: {error}"[:300], updated_at=timezone.now()
+    )
+
+
+outbox.ON_FAILURE[Dispatch.Kind.RECLAIM_NOTICE] = notice_failed
+
+
+def reclaim_retry_notice(*, actor, reclaim: Reclaim) -> Reclaim:
+    """Put a notice that failed for good back in the outbox, with its idempotency key."""
+    if not actor.has_perm("referrals.propose_reclaim"):
+        raise PermissionDenied(_("Retrying reclaim notices needs the propose_reclaim permission."))
+    with transaction.atomic():
+        reclaim = _locked(reclaim.pk)
+        notice = (
+            Dispatch.objects.select_for_update()
+            .filter(kind=Dispatch.Kind.RECLAIM_NOTICE, idempotency_key=str(reclaim.pk))
+            .first()
+        )
+        if reclaim.status != Reclaim.Status.NOTIFIED or notice is None or notice.status != Dispatch.Status.FAILED:
+            raise ValidationError({"status": [_("Only a notified case whose notice failed can be retried.")]})
+        now = timezone.now()
+        Dispatch.objects.filter(pk=notice.pk).update(
+            status=Dispatch.Status.PENDING, next_attempt_at=now, enqueued_at=now, attempts=0, last_error="",
+            completed_at=None,
+        )  # fmt: skip
+        reclaim.status_reason = ""
+        reclaim.save(update_fields=["status_reason", "updated_at"])
+        ReclaimTransition.objects.create(
+            reclaim=reclaim, source=reclaim.status, target=reclaim.status, by=actor, note=gettext_noop("notice retried")
+        )
+        outbox.enqueue_dispatches([notice])
+        return reclaim
 
 
 # --- hand-back ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Finance runs, reviews, approves (four-eyes, enforced by the service), issues and reconciles
-statements; auditors read and export everything; compliance reads statements."""
+statements; auditors read and export everything."""
 
 from django.db import migrations
 

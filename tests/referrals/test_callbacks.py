@@ -472,3 +472,23 @@ def test_any_order_and_any_duplication_gives_the_in_order_result(referral, data)
 
 def test_a_partner_code_that_cannot_exist_is_a_404(client, db):
     assert client.post("/api/v1/partners/A%00B/callbacks/", b"{}", content_type="application/json").status_code == 404
+
+
+def test_an_event_whose_apply_message_was_lost_is_applied_by_the_sweeper(client, referral, settings):
+    """The event is stored, but the message that would apply it never reaches a worker (in this
+    test, on_commit callbacks do not run: exactly a lost message)."""
+    from django.utils import timezone
+
+    from referrals.services.callbacks import callbacks_sweep
+
+    body = event("application.accepted", referral.pk, {"application_id": "A-APP-1", "reason": ""})
+    assert post(client, "PARTNER_A", body).status_code == 200
+    stored = CallbackEvent.objects.get()
+    assert stored.status == "received"
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    assert callbacks_sweep(now=timezone.now()) == 0  # too fresh: its message may just be slow
+    assert callbacks_sweep(now=timezone.now() + datetime.timedelta(minutes=2)) == 1
+    stored.refresh_from_db()
+    referral.refresh_from_db()
+    assert (stored.status, referral.status) == ("processed", "submitted")
+    assert callbacks_sweep(now=timezone.now() + datetime.timedelta(minutes=3)) == 0

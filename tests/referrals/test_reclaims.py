@@ -406,3 +406,51 @@ def test_origination_picks_up_reclaimed_borrowers_in_clear_and_each_read_is_reco
     assert masked["phone"] != borrower.applicant.phone
     assert reveals.count() == 1
     assert api(origination).get("/api/v1/reclaims/?status=candidate").json()["results"] == []
+
+
+def test_a_case_not_handed_back_stays_masked_even_for_origination(api, approved, origination):
+    body = api(origination).get(f"/api/v1/reclaims/{approved.pk}/").json()
+    assert (body["status"], body["borrower"]["masked"]) == ("approved", True)
+    listed = api(origination).get("/api/v1/reclaims/").json()["results"]
+    assert [r["borrower"]["masked"] for r in listed] == [True]
+    assert not ConsentEvent.objects.filter(type="pii_revealed").exists()
+
+
+def _fail_for_good(partner):
+    with responses.RequestsMock() as http:  # a 4xx is not retried: the notice fails at once
+        http.add(responses.POST, f"{partner.api_base_url}/reclaims", status=400, json={"error": "unknown loan"})
+        assert dispatch_send(notice().pk) == "failed"
+    reclaim = Reclaim.objects.get()
+    assert reclaim.status == "notified"
+    assert reclaim.status_reason.startswith("notice failed")
+    return reclaim
+
+
+def test_a_notice_that_failed_for_good_can_be_sent_again_with_the_same_key(api, approved, partner, operations_user):
+    _fail_for_good(partner)
+    response = api(operations_user).post(f"/api/v1/reclaims/{approved.pk}/retry-notice/")
+    assert response.status_code == 200, response.content
+    assert (response.json()["status"], notice().status) == ("notified", "pending")
+    with responses.RequestsMock() as http:
+        http.add(responses.POST, f"{partner.api_base_url}/reclaims", json={"acknowledged": True})
+        assert dispatch_send(notice().pk) == "succeeded"
+        assert http.calls[0].request.headers["Idempotency-Key"] == str(approved.pk)
+    assert Reclaim.objects.get().status == "reclaimed"
+    again = api(operations_user).post(f"/api/v1/reclaims/{approved.pk}/retry-notice/")
+    assert again.status_code == 400
+    assert "status" in again.json()
+
+
+def test_a_retried_notice_is_checked_again_and_blocked_when_consent_was_withdrawn(
+    api, approved, partner, operations_user, origination
+):
+    _fail_for_good(partner)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as http:
+        http.add(responses.POST, f"{partner.api_base_url}/withdrawals", json={"acknowledged": True})
+        consent_withdraw(actor=origination, consent=approved.consent, channel="app")
+    assert api(operations_user).post(f"/api/v1/reclaims/{approved.pk}/retry-notice/").status_code == 200
+    with responses.RequestsMock() as http:
+        assert dispatch_send(notice().pk) == "skipped"
+        assert len(http.calls) == 0
+    reclaim = Reclaim.objects.get()
+    assert (reclaim.status, reclaim.status_reason) == ("blocked", "consent is withdrawn")
