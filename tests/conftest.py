@@ -202,3 +202,24 @@ def browser_context_args(browser_context_args):
 def base_url():
     """No base URL (tests use ``live_server.url``); pytest-playwright's own fallback warns under pytest 9."""
     return None
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, and at the end of the session, on PostgreSQL, the sessions
+    still connected to it are named and ended before it is dropped (a worker process or a thread
+    of some test that has not let go would otherwise make the drop fail). What was left is printed:
+    a leak to fix, not to hide."""
+    yield
+    with django_db_blocker.unblock():
+        if connection.vendor != "postgresql":
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, application_name, state, left(query, 200) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            left = cursor.fetchall()
+            for pid, application, state, query in left:
+                print(f"\n[test database] session {pid} ({application or '?'}, {state}) still open: {query}")
+                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])

@@ -536,8 +536,13 @@ def test_changelists_count_at_most_the_cap(client, operations_user, world, monke
     monkeypatch.setattr(admin_tools.BoundedCountPaginator, "cap", 2)
     client.force_login(operations_user)
     response = client.get(url(changelist))
-    assert response.context["cl"].result_count == 2
-    assert 'class="help count-capped"' in response.content.decode()
+    paginator = response.context["cl"].paginator
+    assert paginator.capped or paginator.estimated  # never a full count
+    if paginator.capped:  # SQLite, or PostgreSQL when the planner's estimate is not larger
+        assert response.context["cl"].result_count == 2
+        assert 'class="help count-capped"' in response.content.decode()
+    else:  # PostgreSQL past the cap: the planner's estimate for the filter, shown as "about N"
+        assert response.context["cl"].result_count >= 2
 
 
 def test_every_operations_page_is_read_only(client, operations_user, world):

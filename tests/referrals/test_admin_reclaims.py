@@ -164,7 +164,8 @@ def pages(cases: list[Reclaim]) -> dict[str, str]:
 
 
 # Whatever the number of cases, repayments or transitions (the queue is paged and counted with a cap).
-QUERY_BUDGET = {"queue": 9, "queue, every status": 9, "case": 9, "near misses": 8}
+# (PostgreSQL may add one: the planner's estimate when a capped count is reached.)
+QUERY_BUDGET = {"queue": 10, "queue, every status": 10, "case": 9, "near misses": 8}
 
 
 @pytest.mark.parametrize("screen", list(QUERY_BUDGET))
