@@ -22,7 +22,7 @@ from config.money import round_money
 from partners.models import Partner
 from settlements import periods
 from settlements.models import Statement, StatementLine, StatementTransition
-from settlements.rules import RULES, Context, Line
+from settlements.rules import RULES, Context, Line, Terms
 
 BATCH = 2000
 
@@ -146,8 +146,8 @@ def statement_compute(*, partner: Partner, period: str, user, run=None) -> tuple
 
 
 def _vat_rate(partner: Partner, contract_id: int) -> Decimal:
-    contract = partner.contracts.get(pk=contract_id)
-    return Decimal(str((contract.fees or {}).get("vat_rate", "0")))
+    """The contract version's VAT rate, read the way the fee rules read every term."""
+    return Terms.of(partner.contracts.get(pk=contract_id)).vat_rate
 
 
 # --- lifecycle ---------------------------------------------------------------------------------
