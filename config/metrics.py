@@ -46,8 +46,8 @@ _MISSING = object()
 
 # Sign-ins and refusals (config.security): kept in memory, so per process (or summed over the
 # processes' files in multiprocess mode).
-LOGIN_OUTCOMES = ("success", "failure", "logout")
-LOGINS = Counter("spillway_logins", "Sign-ins, failed sign-ins and sign-outs, by outcome.", ["outcome"])
+LOGIN_OUTCOMES = ("success", "failure", "logout", "locked_out")
+LOGINS = Counter("spillway_logins", "Sign-ins, failed sign-ins, lockouts and sign-outs, by outcome.", ["outcome"])
 for _outcome in LOGIN_OUTCOMES:
     LOGINS.labels(outcome=_outcome)  # on the page from the start, at 0
 ACCESS_DENIED_KINDS = ("admin", "api", "other")

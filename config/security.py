@@ -2,8 +2,9 @@
 
 Sign-ins: receivers of Django's ``user_logged_in``, ``user_login_failed`` and ``user_logged_out``
 log ``login_succeeded``, ``login_failed`` (with the username tried — never the password: Django
-has already blanked it, and only the username is read here) and ``logged_out``, and count them
-in ``spillway_logins_total{outcome}``.
+has already blanked it, and only the username is read here) and ``logged_out``; django-axes'
+``user_locked_out`` logs ``login_locked_out``; all are counted in ``spillway_logins_total{outcome}``.
+(A wrong one-time code is a failed sign-in too: config.twofactor sends ``user_login_failed``.)
 
 Refusals: :class:`AccessDeniedMiddleware` logs ``access_denied`` for every response answered 403
 — the admin's ``PermissionDenied``, DRF's 403s, a CSRF failure, ``/metrics`` without its token —
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from axes.signals import user_locked_out
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.http import HttpRequest, HttpResponse
 
@@ -53,11 +55,18 @@ def _logged_out(sender: Any, request: HttpRequest | None = None, user: Any = Non
     log.info("logged_out", **_user_fields(user), client=_client(request))
 
 
+def _locked_out(sender: Any, request: HttpRequest | None = None, username: str | None = None, **kwargs) -> None:
+    """django-axes refused a sign-in: too many failures for the username or the address."""
+    LOGINS.labels(outcome="locked_out").inc()
+    log.warning("login_locked_out", username=username if isinstance(username, str) else None, client=_client(request))
+
+
 def connect_signals() -> None:
     """Called once from ``ConfigConfig.ready``."""
     user_logged_in.connect(_logged_in, dispatch_uid="spillway.security.logged_in")
     user_login_failed.connect(_login_failed, dispatch_uid="spillway.security.login_failed")
     user_logged_out.connect(_logged_out, dispatch_uid="spillway.security.logged_out")
+    user_locked_out.connect(_locked_out, dispatch_uid="spillway.security.locked_out")
 
 
 def access_kind(path: str) -> str:

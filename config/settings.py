@@ -6,10 +6,12 @@ to start with DEBUG off and any development secret or key still in place.
 
 from __future__ import annotations
 
+import datetime
 import re
 from pathlib import Path
 
 from celery.schedules import crontab
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env, env_bool, env_int, env_list, env_str
@@ -45,26 +47,35 @@ INSTALLED_APPS = [
     "simple_history",
     "django_celery_beat",
     "django_prometheus",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "csp",
     "config",
     "partners",
     "referrals",
     "settlements",
+    "axes",  # last, as django-axes asks
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",  # first: times the whole stack
     "config.requestid.RequestIdMiddleware",  # before anything that may log
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",  # Content-Security-Policy with a per-response script nonce
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",  # request.user.is_verified(): signed in with a one-time code
+    "config.twofactor.RequireTwoFactorMiddleware",  # no page, no session API call, without the second factor
     "config.security.AccessDeniedMiddleware",  # logs and counts every 403 (after auth: knows the user)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    "axes.middleware.AxesMiddleware",  # answers a locked-out sign-in with the lockout page
     "django_prometheus.middleware.PrometheusAfterMiddleware",  # last: sees the view and its status
 ]
 
@@ -82,6 +93,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.i18n",
+                "csp.context_processors.nonce",
             ],
         },
     },
@@ -130,11 +142,30 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+# django-axes first: it refuses a locked-out username before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lockout (django-axes): after this many failed sign-ins (a wrong password or a wrong one-time
+# code) for one username (from any address), or from one address (for any usernames), that
+# username or address is refused for the cool-off; a success resets the count.
+# `manage.py axes_reset_username <name>` lifts a lockout early.
+AXES_FAILURE_LIMIT = env_int("SPILLWAY_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("SPILLWAY_LOGIN_LOCKOUT_MINUTES", 30, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "admin/lockout.html"
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_VERBOSE = False  # config.security logs sign-ins, failures and lockouts as structured events
+# Two factors for every back-office user (config.twofactor): TOTP in an authenticator app, and
+# single-use backup codes.
+OTP_TOTP_ISSUER = env_str("SPILLWAY_OTP_ISSUER", "Spillway")
 
 # --- language and time ----------------------------------------------------------------------
 LANGUAGE_CODE = "zh-hans"
 LANGUAGES = [("zh-hans", "简体中文"), ("en", "English")]
-LOCALE_PATHS = [BASE_DIR / "locale"]
+LOCALE_PATHS = [BASE_DIR / "locale", BASE_DIR / "locale" / "vendor"]  # ours first; vendor: third-party apps
 TIME_ZONE = "Asia/Shanghai"
 USE_I18N = True
 USE_TZ = True
@@ -172,6 +203,25 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=60)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 SESSION_SAVE_EVERY_REQUEST = False
+
+
+# Content-Security-Policy (django-csp): our own origin only; scripts only from files or with the
+# response's nonce. Styles allow inline attributes (Django's admin templates use a few).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, "'unsafe-inline'"],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "worker-src": [SELF, "blob:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 
 # --- REST API -------------------------------------------------------------------------------
@@ -218,6 +268,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No badge image from validator.swagger.io (it would send it the schema's URL; the CSP's
+    # img-src refuses it anyway). Swagger UI leaves it out on localhost only.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
@@ -287,6 +340,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(env_int("SPILLWAY_RECLAIM_SCAN_SECONDS", 0, minimum=0)) or crontab(hour=2, minute=30),
     },
     "settlement-runs-sweep": {"task": "settlements.runs_sweep", "schedule": 300.0},
+    "jobs-sweep": {"task": "referrals.jobs_sweep", "schedule": 300.0},
     "callbacks-sweep": {"task": "referrals.callbacks_sweep", "schedule": 60.0},
     "ledger-checkpoint": {
         "task": "referrals.ledger_checkpoint",
@@ -333,6 +387,10 @@ SPILLWAY_SUITABILITY_MIN_AGE = env_int("SPILLWAY_SUITABILITY_MIN_AGE", 22, minim
 SPILLWAY_SUITABILITY_MAX_AGE = env_int("SPILLWAY_SUITABILITY_MAX_AGE", 60, minimum=18)
 SPILLWAY_CHECKPOINT_DIR = Path(env_str("SPILLWAY_CHECKPOINT_DIR", str(VAR_DIR / "checkpoints")))
 SPILLWAY_CHECKPOINT_MINUTES = env_int("SPILLWAY_CHECKPOINT_MINUTES", 5, minimum=1)
+# Files made by background jobs (evidence exports), each downloadable by its requester only and
+# deleted after SPILLWAY_JOB_FILE_DAYS; workers and the web app must share this folder.
+SPILLWAY_JOB_DIR = Path(env_str("SPILLWAY_JOB_DIR", str(VAR_DIR / "jobs")))
+SPILLWAY_JOB_FILE_DAYS = env_int("SPILLWAY_JOB_FILE_DAYS", 7, minimum=1)
 # A consent granted "in the future" by more than this clock skew is refused.
 SPILLWAY_CLOCK_SKEW_SECONDS = env_int("SPILLWAY_CLOCK_SKEW_SECONDS", 5, minimum=0)
 # Dispatch: probe window, retry schedule (partner-protocol.md), circuit breaker, leases.

@@ -2,13 +2,15 @@
 
 import datetime
 
+from csp.decorators import csp_update
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.utils.translation import gettext_lazy as _
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 from health_check.views import HealthCheckView
 
+from config import twofactor
 from config.metrics import metrics_view
 
 health_checks = [
@@ -23,15 +25,27 @@ health_checks = [
 admin.site.site_header = _("Spillway declined-lead referral")
 admin.site.site_title = _("Spillway")
 admin.site.index_title = _("Back office")
+admin.site.login_form = twofactor.LoginForm  # password and one-time code
 
 urlpatterns = [
+    path("admin/2fa/", include(twofactor.urlpatterns)),  # before the admin's own catch-all
     path("admin/", admin.site.urls),
     path("api/v1/", include("partners.api.urls")),
     path("api/v1/", include("referrals.api.urls")),
     path("api/v1/", include("settlements.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    # The split view serves Swagger UI's start-up code as a script of its own (?script): no inline
+    # script, so the page runs under the Content-Security-Policy's script-src 'self'.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
+    # Redoc's menu footer always shows Redocly's logo from their CDN; the policy allows that one
+    # image, on this page only (the referrer policy, same-origin, sends it no referrer).
+    path(
+        "api/redoc/",
+        csp_update({"img-src": ["https://cdn.redoc.ly/redoc/logo-mini.svg"]})(
+            SpectacularRedocView.as_view(url_name="schema")
+        ),
+        name="api-redoc",
+    ),
     path("health/", HealthCheckView.as_view(checks=health_checks), name="health"),
     path("metrics", metrics_view, name="metrics"),  # Prometheus' default path, no slash
     path("i18n/", include("django.conf.urls.i18n")),

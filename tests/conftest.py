@@ -12,6 +12,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
+from tests.signin import TwoFactorClient
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
 
@@ -110,6 +111,12 @@ def cast(compliance_officer, partnership_manager, operations_user, finance_user,
         "origination": origination,
         "outsider": outsider,
     }
+
+
+@pytest.fixture
+def client():
+    """pytest-django's ``client``, whose ``force_login`` signs in with both factors (tests.signin)."""
+    return TwoFactorClient()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from referrals.services.consents import consent_withdraw
 from settlements import periods
 from settlements.models import Statement
 from tests.factories import PartnerFactory, UserFactory, consent_text, intake_payload, make_contract
+from tests.signin import PASSWORD, authenticator, current_code
 
 PANEL_IDS = {
     "dispatch_health": "panel-dispatch-health",
@@ -364,7 +365,8 @@ def test_the_charts_draw_in_a_browser(live_server, page, auditor, world):
     page.set_viewport_size({"width": 1440, "height": 1000})
     page.goto(f"{live_server.url}/admin/")
     page.fill("#id_username", auditor.username)
-    page.fill("#id_password", "correct-horse-battery")  # UserFactory's
+    page.fill("#id_password", PASSWORD)
+    page.fill("#id_otp_token", current_code(authenticator(auditor)))
     page.click('#login-form input[type="submit"]')
     expect(page.get_by_test_id("panel-revenue")).to_be_visible()
     canvases = page.locator("canvas[data-chart]")

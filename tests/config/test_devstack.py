@@ -126,3 +126,4 @@ def test_banner_shows_the_urls_and_the_demo_logins(settings):
     for path in ("/admin/", "/api/docs/", "/health/"):
         assert f"http://127.0.0.1:8123{path}" in banner
     assert "compliance-demo-2026" in banner
+    assert "manage.py otp_code <username>" in banner

@@ -14,6 +14,7 @@ from referrals.services.consents import applicant_reveal
 from referrals.services.ledger import ledger_checkpoint
 from tests.factories import UserFactory
 from tests.referrals import builders
+from tests.signin import authenticator, current_code
 
 PASSWORD = "Hegui-2026-steady"
 # Written under var/ (not tracked) on every run; `make screenshots` copies them into docs/screenshots/.
@@ -42,6 +43,7 @@ def test_compliance_officer_finds_an_applicant_by_phone_checks_the_timeline_and_
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
     page.fill("#id_username", officer.username)
     page.fill("#id_password", PASSWORD)
+    page.fill("#id_otp_token", current_code(authenticator(officer)))
     page.click('#login-form input[type="submit"]')
     expect(page.locator("#user-tools")).to_contain_text(officer.username)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connections
 from django.test import Client
 from playwright.sync_api import Page, expect
@@ -26,8 +27,8 @@ from referrals.services import dispatch as outbox
 from referrals.services.reclaims import reclaim_propose, reclaims_scan
 from tests.factories import PartnerFactory, make_contract
 from tests.settlements.builders import PartnerSide, at, submitting
+from tests.signin import PASSWORD, authenticator, current_code
 
-PASSWORD = "correct-horse-battery"  # UserFactory's
 RECLAIM_TERMS = {"allowed": True, "min_ontime_installments": 3, "fee": "200.00", "non_solicit_days": 0}
 RULE_CODES = ["contract_allows", "loan_open", "ontime_installments", "no_overdue", "non_solicit_elapsed", "consent"]
 SEND_DELAY = 1.5  # seconds between the approval and the send: the page shows "approved" first
@@ -130,6 +131,7 @@ def log_in(page: Page, base: str, username: str) -> None:
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)
+    page.fill("#id_otp_token", current_code(authenticator(User.objects.get(username=username))))
     page.click('#login-form input[type="submit"]')
     expect(page.locator("#user-tools")).to_contain_text(username)
 

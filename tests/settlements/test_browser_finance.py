@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connections
 from playwright.sync_api import Page, expect
 
@@ -20,8 +21,8 @@ from settlements.models import Reconciliation, SettlementRun, Statement
 from settlements.services import runs
 from tests.factories import PartnerFactory, make_contract
 from tests.settlements.builders import PartnerSide, at, submitting
+from tests.signin import PASSWORD, authenticator, current_code
 
-PASSWORD = "correct-horse-battery"  # UserFactory's
 PERIOD = "2026-11"
 PER_PARTNER_DELAY = 0.7  # seconds: long enough for the page to show progress between partners
 # Written under var/ (not tracked) on every run; `make screenshots` copies them into docs/screenshots/.
@@ -104,6 +105,7 @@ def log_in(page: Page, base: str, username: str) -> None:
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)
+    page.fill("#id_otp_token", current_code(authenticator(User.objects.get(username=username))))
     page.click('#login-form input[type="submit"]')
     expect(page.locator("#user-tools")).to_contain_text(username)
 

@@ -254,6 +254,9 @@ class Command(BaseCommand):
                 "",
                 logins.getvalue().rstrip(),
                 "",
+                "Sign-in asks for a one-time code too: the first sign-in shows a QR code for an authenticator",
+                "app; without a phone, `.venv/bin/python manage.py otp_code <username>` prints the code (demo only).",
+                "",
                 "Ctrl-C stops everything (press it twice to skip the graceful shutdown).",
                 "",
             ]
