@@ -105,3 +105,12 @@ def test_beat_schedule_lives_in_code_and_syncs_to_the_database(db, monkeypatch):
     task = PeriodicTask.objects.get(name="heartbeat")
     assert task.task == "config.tasks.heartbeat"
     assert task.enabled
+
+
+def test_the_health_page_for_people_is_in_chinese(client, db):
+    response = client.get("/health/", headers={"Accept": "text/html"})
+    page = response.content.decode()
+    assert response["Content-Type"].startswith("text/html")
+    assert "系统" in page  # 系统状态 or 系统存在故障
+    assert "服务" in page
+    assert "Ping" in page  # the checks are listed by name, whatever their state
