@@ -50,3 +50,13 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),  # Prometheus' default path, no slash
     path("i18n/", include("django.conf.urls.i18n")),
 ]
+
+
+def permission_denied(request, exception=None):
+    """A refused page in the back office's frame (the admin's context: header, user tools), 403."""
+    from django.shortcuts import render
+
+    return render(request, "403.html", admin.site.each_context(request), status=403)
+
+
+handler403 = permission_denied

@@ -94,6 +94,10 @@ def test_admin_403_is_logged_and_counted(client, db, log):
     before = counted("spillway_access_denied_total", kind="admin")
     response = client.get("/admin/partners/partner/")
     assert response.status_code == 403
+    page = response.content.decode()
+    assert 'id="access-denied"' in page  # the back office's own refusal page, in Chinese
+    assert "无权访问" in page
+    assert "staff-without-roles" in page  # the admin's frame: who is signed in
     [event] = events(log, "access_denied")
     assert event["path"] == "/admin/partners/partner/"
     assert event["username"] == "staff-without-roles"
