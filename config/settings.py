@@ -207,6 +207,8 @@ SESSION_SAVE_EVERY_REQUEST = False
 
 # Content-Security-Policy (django-csp): our own origin only; scripts only from files or with the
 # response's nonce. Styles allow inline attributes (Django's admin templates use a few).
+# Pages that need more widen it for themselves only (config/urls.py: Redoc's logo);
+# tests/config/test_csp.py checks every page against it.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [SELF],
@@ -215,7 +217,7 @@ CONTENT_SECURITY_POLICY = {
         "img-src": [SELF, "data:"],
         "font-src": [SELF, "data:"],
         "connect-src": [SELF],
-        "worker-src": [SELF, "blob:"],
+        "worker-src": [SELF, "blob:"],  # Redoc (/api/redoc/) starts its search worker from a blob:
         "object-src": [NONE],
         "base-uri": [SELF],
         "form-action": [SELF],

@@ -142,8 +142,9 @@ def _fast_password_hasher(settings):
 
 @pytest.fixture(autouse=True)
 def _checkpoint_dir(settings, tmp_path):
-    """Each test writes its ledger checkpoint files to its own folder."""
+    """Each test writes its ledger checkpoint files (and its jobs' files) to its own folder."""
     settings.SPILLWAY_CHECKPOINT_DIR = tmp_path / "checkpoints"
+    settings.SPILLWAY_JOB_DIR = tmp_path / "jobs"  # background jobs' files (evidence exports) too
 
 
 # --- browser tests (Playwright with Debian's Chromium; see docs in design/browser-tests.md) --------
@@ -230,3 +231,25 @@ def django_db_setup(django_db_setup, django_db_blocker):
             for pid, application, state, query in left:
                 print(f"\n[test database] session {pid} ({application or '?'}, {state}) still open: {query}")
                 cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+@pytest.fixture(autouse=True)
+def csp_violations(request):
+    """For browser tests (the ``page`` fixture): what Chromium's console reports about the
+    Content-Security-Policy. Any report fails the test at teardown: a page whose script or style
+    the policy refused is broken for real users, whatever the test itself checked."""
+    reports: list[str] = []
+    own_argument = "page" in getattr(getattr(request.node, "callspec", None), "params", {})  # not Playwright's
+    if "page" not in request.fixturenames or own_argument:
+        yield reports
+        return
+
+    def record(message):
+        if "Content Security Policy" in message.text:
+            reports.append(message.text)
+
+    # The page's whole context: popups and new tabs the test opens from it are watched too.
+    request.getfixturevalue("page").context.on("console", record)
+    yield reports
+    if reports:
+        pytest.fail("Content-Security-Policy violations:\n" + "\n".join(reports), pytrace=False)
