@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install fonts migrate seed clean screenshots
+.PHONY: run test lint format install fonts migrate seed clean screenshots bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python 3.11+ is needed")'
@@ -49,6 +49,12 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) manage.py check --fail-level WARNING
 	$(PY) manage.py makemigrations --check --dry-run
+
+## Benchmarks (bench/): every scenario against PostgreSQL and Redis on loopback, one table, JSON in
+## var/bench/. SCALE=smoke (the default, under three minutes, run by CI) or SCALE=full (1M applicants).
+SCALE ?= smoke
+bench: install
+	$(PY) -m bench --scale $(SCALE) $(BENCH_ARGS)
 
 ## Refresh the screenshots in docs/ from the browser tests' latest run.
 screenshots: install

@@ -108,6 +108,9 @@ def bench_environment() -> dict[str, str]:
     return {
         **keys,
         "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB),
+        # Redis on loopback, a database of its own (scenarios purge what they leave queued).
+        "CELERY_BROKER_URL": os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/5"),
+        "CACHE_URL": os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/6"),
         "DEBUG": "false",
         "SECURE_SSL_REDIRECT": "false",
         "SESSION_COOKIE_SECURE": "false",

@@ -3,6 +3,7 @@ from __future__ import annotations
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from referrals import selectors
@@ -31,13 +32,26 @@ from referrals.services.intake import MAX_BATCH, Lookups, applicant_intake
 from referrals.services.operations import referral_retry
 
 
-def _validate(item, lookups: Lookups):
-    if not isinstance(item, dict):
-        return None, {"non_field_errors": ["Each item must be a JSON object."]}
-    serializer = ApplicantIntakeSerializer(data=item, context={"lookups": lookups})
-    if serializer.is_valid():
-        return serializer.validated_data, {}
-    return None, serializer.errors
+def _validator():
+    """``validate(item, lookups)`` for one intake call, with one serializer for all its items.
+
+    DRF deep-copies a serializer's declared fields for every new instance; for a batch of 1,000
+    that copying cost more than the validation itself (profiled). ``run_validation`` is what
+    ``is_valid`` calls, and its ``ValidationError.detail`` is what ``errors`` would be."""
+    current: dict = {}
+
+    def validate(item, lookups: Lookups):
+        if not isinstance(item, dict):
+            return None, {"non_field_errors": ["Each item must be a JSON object."]}
+        if current.get("lookups") is not lookups:  # a retried intake looks things up again
+            current["lookups"] = lookups
+            current["serializer"] = ApplicantIntakeSerializer(context={"lookups": lookups})
+        try:
+            return current["serializer"].run_validation(item), {}
+        except ValidationError as exc:
+            return None, exc.detail
+
+    return validate
 
 
 class ConsentTextViewSet(
@@ -77,7 +91,7 @@ class ApplicantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     )
     def create(self, request, *args, **kwargs):
         """Take in one declined applicant with their consent."""
-        [result] = applicant_intake(actor=request.user, items=[request.data], validate=_validate)
+        [result] = applicant_intake(actor=request.user, items=[request.data], validate=_validator())
         if result.status in (200, 201):
             return self._respond(result.applicant.pk, result.status)
         return Response(result.errors, status=result.status)
@@ -93,7 +107,7 @@ class ApplicantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
             return Response({"items": [f"At most {MAX_BATCH} items per batch."]}, status=status.HTTP_400_BAD_REQUEST)
         if not request.data["items"]:
             return Response({"items": ["This list may not be empty."]}, status=status.HTTP_400_BAD_REQUEST)
-        results = applicant_intake(actor=request.user, items=request.data["items"], validate=_validate)
+        results = applicant_intake(actor=request.user, items=request.data["items"], validate=_validator())
         body = []
         for result in results:
             entry = {"index": result.index, "status": result.status}
