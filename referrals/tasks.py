@@ -79,3 +79,26 @@ def reclaims_scan_task() -> dict:
     result = reclaims_scan().as_dict()
     log.info("reclaims scan", **result)
     return result
+
+
+@shared_task(
+    name="referrals.job_execute",
+    soft_time_limit=max(1, settings.SPILLWAY_LONG_TASK_TIME_LIMIT - 100),
+    time_limit=settings.SPILLWAY_LONG_TASK_TIME_LIMIT,
+)
+def job_execute_task(job_id: str) -> str | None:
+    """A background job from the admin (verification, export, bulk retry); safe to run again."""
+    from referrals.services.jobs import job_execute
+
+    job = job_execute(job_id)
+    return job.status if job else None
+
+
+@shared_task(name="referrals.jobs_sweep")
+def jobs_sweep_task() -> dict:
+    from referrals.services.jobs import jobs_sweep
+
+    result = jobs_sweep()
+    if any(result.values()):
+        log.info("jobs sweep", **result)
+    return result

@@ -1,30 +1,31 @@
 """The back office for applicants: found by phone, ID number or external id (through the blind
 indexes), shown masked; revealing personal data and exporting evidence are separate, permissioned
-actions that the services record in the consent ledger."""
+actions that the services record in the consent ledger. Evidence is exported by a background job
+(one applicant from their page, several from the list), whose page offers the file to its
+requester."""
 
 from __future__ import annotations
 
-import json
-
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.utils.html import format_html, format_html_join
-from django.utils.http import content_disposition_header
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from config.admin_tools import EMPTY, LargeTableAdminMixin, error_text
 from referrals import selectors
 from referrals.admin.display import SEARCH_HINT, region_display, shanghai_time
+from referrals.admin.jobs import job_url
 from referrals.models import Applicant, Consent
 from referrals.services import consents as consent_services
+from referrals.services.jobs import EXPORT_LIMIT, evidence_export_start
 
 REVEAL_CHOICES = [
     ("name", _("name")),
@@ -82,7 +83,7 @@ class ApplicantAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     # ever an icontains on an encrypted column.
     search_fields = ("=external_id",)
     search_help_text = SEARCH_HINT
-    actions = ()
+    actions = ("export_selected",)
     fieldsets = (
         (None, {"fields": ("external_id", "name_display", "national_id_display", "phone_display", "age")}),
         (
@@ -299,20 +300,37 @@ class ApplicantAdmin(LargeTableAdminMixin, admin.ModelAdmin):
         return _no_store(TemplateResponse(request, self.reveal_template, context))
 
     def export_view(self, request, object_id):
-        """GET: what the bundle holds; POST: build it, record ``evidence_exported``, download it."""
+        """GET: what the bundle holds; POST: start the export job and follow it on its page (the
+        job records ``evidence_exported`` and keeps the file for this user to download)."""
         applicant = self._applicant_for(request, object_id, "referrals.export_evidence")
         error = None
         if request.method == "POST":
             try:
-                bundle = consent_services.evidence_export(actor=request.user, applicant=applicant)
+                job = evidence_export_start(actor=request.user, applicants=[applicant])
             except (ValidationError, PermissionDenied) as exc:
                 error = error_text(exc)
             else:
-                body = json.dumps(bundle, ensure_ascii=False, indent=2)
-                response = HttpResponse(body.encode("utf-8"), content_type="application/json; charset=utf-8")
-                response["Content-Disposition"] = content_disposition_header(
-                    as_attachment=True, filename=f"evidence-{applicant.external_id}.json"
+                self.message_user(
+                    request, _("The evidence export has started; this page follows it."), messages.SUCCESS
                 )
-                return _no_store(response)
+                return HttpResponseRedirect(job_url(job, current_app=self.admin_site.name))
         context = {**self._context(request, applicant, _("Export evidence")), "error": error}
         return _no_store(TemplateResponse(request, self.export_template, context))
+
+    # --- several at once -----------------------------------------------------------------------
+    def has_export_permission(self, request) -> bool:
+        return request.user.has_perm("referrals.export_evidence")
+
+    @admin.action(description=_("Export the evidence of the selected applicants"), permissions=["export"])
+    def export_selected(self, request, queryset):
+        """One background job for the selection: a ZIP of their bundles, each export recorded."""
+        chosen = list(
+            queryset.select_related(None).prefetch_related(None).only("pk").order_by("created_at")[: EXPORT_LIMIT + 1]
+        )
+        try:
+            job = evidence_export_start(actor=request.user, applicants=chosen)
+        except (ValidationError, PermissionDenied) as exc:
+            self.message_user(request, error_text(exc), messages.ERROR)
+            return None
+        self.message_user(request, _("The evidence export has started; this page follows it."), messages.SUCCESS)
+        return HttpResponseRedirect(job_url(job, current_app=self.admin_site.name))

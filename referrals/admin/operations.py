@@ -16,18 +16,16 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 # What the queue summary counts: referrals still on their way, and the dead ones waiting for a person.
 from config.admin_tools import EMPTY, ReadOnlyAdmin, error_text
 from referrals import selectors
 from referrals.admin.display import shanghai_time
+from referrals.admin.jobs import job_url
 from referrals.admin.queues import (
     ATTEMPTS_SHOWN,
-    BULK_RETRY_LIMIT,
     CALLBACKS_SHOWN,
     OPERATIONS,
-    REFUSALS_LISTED,
     Operation,
     OperationForm,
     age_text,
@@ -45,7 +43,7 @@ from referrals.models import (
     Referral,
     RoutingDecision,
 )
-from referrals.services.operations import referral_retry
+from referrals.services.jobs import RETRY_LIMIT, referrals_retry_start
 
 
 # --- referrals ------------------------------------------------------------------------------------
@@ -413,43 +411,14 @@ class ReferralAdmin(ReadOnlyAdmin):
 
     @admin.action(description=_("Retry selected failed referrals"), permissions=["retry"])
     def retry_selected(self, request, queryset):
-        """Retry each through the service, oldest first; one refusal does not stop the others."""
-        chosen = list(queryset.select_related("partner").order_by("created_at")[: BULK_RETRY_LIMIT + 1])
-        if len(chosen) > BULK_RETRY_LIMIT:
-            self.message_user(
-                request,
-                _("Select at most %(limit)d referrals at a time (filter by status “Failed” and partner).")
-                % {"limit": BULK_RETRY_LIMIT},
-                messages.ERROR,
-            )
-            return
-        done: list[str] = []
-        refused: list[str] = []
-        for referral in chosen:
-            try:
-                referral_retry(actor=request.user, referral=referral)
-            except (ValidationError, PermissionDenied) as exc:
-                refused.append(f"{label(referral)}: {error_text(exc)}")
-            else:
-                done.append(label(referral))
-        if done:
-            self.message_user(
-                request,
-                ngettext("%(count)d referral retried (%(list)s).", "%(count)d referrals retried (%(list)s).", len(done))
-                % {"count": len(done), "list": ", ".join(done)},
-                messages.SUCCESS,
-            )
-        if refused:
-            listed = "; ".join(refused[:REFUSALS_LISTED])
-            if len(refused) > REFUSALS_LISTED:
-                listed += " " + str(_("… and %(more)d more.") % {"more": len(refused) - REFUSALS_LISTED})
-            self.message_user(
-                request,
-                ngettext(
-                    "%(count)d referral not retried: %(list)s",
-                    "%(count)d referrals not retried: %(list)s",
-                    len(refused),
-                )
-                % {"count": len(refused), "list": listed},
-                messages.ERROR,
-            )
+        """A background job retries each through the service, oldest first, the rules checked again
+        for each when its turn comes; its page shows the progress, then what was retried and why
+        the others were not."""
+        chosen = list(queryset.select_related(None).only("pk").order_by("created_at")[: RETRY_LIMIT + 1])
+        try:
+            job = referrals_retry_start(actor=request.user, referrals=chosen)
+        except (ValidationError, PermissionDenied) as exc:
+            self.message_user(request, error_text(exc), messages.ERROR)
+            return None
+        self.message_user(request, _("The retry has started; this page follows it."), messages.SUCCESS)
+        return HttpResponseRedirect(job_url(job, current_app=self.admin_site.name))

@@ -29,8 +29,6 @@ from referrals.services.operations import referral_cancel, referral_retry
 QUEUE_STATUSES = (*Referral.OPEN, Referral.Status.FAILED)
 ATTEMPTS_SHOWN = 20  # newest attempts per dispatch, on the dispatch and the referral pages
 CALLBACKS_SHOWN = 50  # newest callbacks on a referral's page
-BULK_RETRY_LIMIT = 500  # one request retries at most this many (each is its own transaction)
-REFUSALS_LISTED = 10
 
 
 # --- small display helpers ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from referrals.models.consent import (
     LedgerCheckpoint,
 )
 from referrals.models.dispatch import Dispatch, DispatchAttempt
+from referrals.models.job import Job
 from referrals.models.loan import CallbackEvent, Loan, LoanOverdue, Repayment
 from referrals.models.reclaim import Reclaim, ReclaimNearMiss, ReclaimTransition
 from referrals.models.referral import CapCounter, Referral, RoutingDecision
@@ -23,6 +24,7 @@ __all__ = [
     "ConsentText",
     "Dispatch",
     "DispatchAttempt",
+    "Job",
     "LedgerCheckpoint",
     "Loan",
     "LoanOverdue",

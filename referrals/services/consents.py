@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -243,16 +244,24 @@ def _event_entry(event: ConsentEvent, checkpoints: list[LedgerCheckpoint], trees
     return entry
 
 
-def evidence_export(*, actor, applicant: Applicant) -> dict:
-    """Build the evidence bundle for one applicant and record the export in the ledger."""
+def evidence_export(
+    *, actor, applicant: Applicant, job: str | None = None, store: Callable[[dict], None] | None = None
+) -> dict:
+    """Build the evidence bundle for one applicant and record the export in the ledger.
+
+    From a background job: ``store(bundle)`` keeps the file before the export is recorded (a
+    recorded export always has its file), and ``job`` is named in the event, so a job that a lost
+    worker left half done can tell which applicants it has already exported (once each)."""
     if not actor.has_perm("referrals.export_evidence"):
         raise PermissionDenied(_("Exporting evidence needs the export_evidence permission."))
+    consent = _latest_consent(applicant)
     bundle = evidence_bundle(applicant)
     digest = hashlib.sha256(merkle.canonical_json(bundle)).hexdigest()
+    if store is not None:
+        store(bundle)
+    payload = {"by": actor.get_username(), "bundle_sha256": digest}
+    if job is not None:
+        payload["job"] = job
     with transaction.atomic():
-        ledger_append(
-            consent=_latest_consent(applicant),
-            type=ConsentEvent.Type.EVIDENCE_EXPORTED,
-            payload={"by": actor.get_username(), "bundle_sha256": digest},
-        )
+        ledger_append(consent=consent, type=ConsentEvent.Type.EVIDENCE_EXPORTED, payload=payload)
     return bundle

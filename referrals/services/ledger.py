@@ -11,7 +11,7 @@ import datetime
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,4 +287,34 @@ def ledger_verify(*, consent_id=None) -> LedgerReport:
             )
         checkpoints = checkpoints.filter(id__in=covering)
     _verify_checkpoints(checkpoints.iterator(), report, partial=consent_id is not None)
+    return report
+
+
+def ledger_verify_chunked(
+    *, on_chunk: Callable[[LedgerReport], None], consents_per_chunk: int = 1000, checkpoints_per_chunk: int = 50
+) -> LedgerReport:
+    """The whole ledger, checked as ``ledger_verify()`` checks it (same problems, same order), but a
+    chunk of consents' chains and then a chunk of checkpoints at a time, each its own short query;
+    ``on_chunk`` gets the report so far after each, for a background job to show its progress."""
+    report = LedgerReport()
+    after = None
+    while True:
+        consents = Consent.objects.order_by("pk").values_list("pk", flat=True)
+        batch = list((consents if after is None else consents.filter(pk__gt=after))[:consents_per_chunk])
+        if not batch:
+            break
+        # A range, not a list: an event whose consent id falls between two consents is still read.
+        events = ConsentEvent.objects.filter(consent_id__lte=batch[-1])
+        _verify_chains(events if after is None else events.filter(consent_id__gt=after), report)
+        after = batch[-1]
+        on_chunk(report)
+    last_id = 0
+    while True:
+        batch = list(LedgerCheckpoint.objects.filter(id__gt=last_id).order_by("id")[:checkpoints_per_chunk])
+        if not batch:
+            break
+        # "partial": the chunk's first checkpoint takes the chain of roots from the one before it.
+        _verify_checkpoints(batch, report, partial=True)
+        last_id = batch[-1].pk
+        on_chunk(report)
     return report

@@ -2,13 +2,13 @@
  * A settlement run's page: poll GET /api/v1/settlements/runs/<id>/ (the admin's session cookie)
  * every half second, move the progress bar, and once the run is done or failed list the statements
  * it produced (from its summary). Everything it needs comes from data- attributes and a
- * json_script block, so the page works under a strict Content-Security-Policy.
+ * json_script block, so the page works under a strict Content-Security-Policy. The polling and
+ * the bar are jobs/progress.js's, shared with the background job page.
  */
 (function () {
   "use strict";
 
   const FINISHED = ["done", "failed"];
-  const MAX_FAILURES = 10;
   // "YYYY-MM-DD HH:MM:SS" in Asia/Shanghai, as the server writes times (Sweden's format is ISO-like).
   const SHANGHAI_TIME = new Intl.DateTimeFormat("sv-SE", {
     timeZone: "Asia/Shanghai",
@@ -31,13 +31,10 @@
     const interval = parseInt(root.dataset.pollInterval, 10) || 500;
     const statementUrl = root.dataset.statementUrl;
     const find = (testid) => root.querySelector(`[data-testid="${testid}"]`);
-    let failures = 0;
+    const progress = window.SpillwayProgress;
 
     function showProgress(run) {
-      const percent = Math.max(0, Math.min(100, Math.round((Number(run.progress) || 0) * 100)));
-      find("run-progress").value = percent;
-      find("run-progress").textContent = `${percent}%`;
-      find("run-progress-text").textContent = `${percent}%`;
+      progress.setBar(find("run-progress"), find("run-progress-text"), (Number(run.progress) || 0) * 100);
       const status = find("run-status");
       status.textContent = labels.run_status[run.status] || run.status;
       status.dataset.status = run.status;
@@ -86,36 +83,23 @@
       list.hidden = false;
     }
 
-    function poll() {
-      fetch(pollUrl, { credentials: "same-origin", headers: { Accept: "application/json" }, cache: "no-store" })
-        .then((response) => {
-          if (!response.ok) {
-            throw new Error(`HTTP ${response.status}`);
-          }
-          return response.json();
-        })
-        .then((run) => {
-          failures = 0;
-          showProgress(run);
-          if (FINISHED.includes(run.status)) {
-            showFinished(run);
-          } else {
-            window.setTimeout(poll, interval);
-          }
-        })
-        .catch(() => {
-          failures += 1;
-          if (failures >= MAX_FAILURES) {
-            const error = find("run-poll-error");
-            error.textContent = labels.poll_failed;
-            error.hidden = false;
-            return;
-          }
-          window.setTimeout(poll, interval * 2);
-        });
-    }
-
-    poll();
+    progress.poll({
+      url: pollUrl,
+      interval,
+      onData: (run) => {
+        showProgress(run);
+        if (!FINISHED.includes(run.status)) {
+          return false;
+        }
+        showFinished(run);
+        return true;
+      },
+      onGiveUp: () => {
+        const error = find("run-poll-error");
+        error.textContent = labels.poll_failed;
+        error.hidden = false;
+      },
+    });
   }
 
   if (document.readyState === "loading") {

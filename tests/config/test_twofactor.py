@@ -189,7 +189,9 @@ def test_a_password_only_session_of_an_enrolled_user_verifies_on_the_2fa_page(cl
 
 def test_the_2fa_page_never_redirects_off_site(client, enrolled):
     client.force_login(enrolled, verified=False)
-    response = client.post("/admin/2fa/", {"token": current_code(authenticator(enrolled)), "next": "https://evil.example/"})
+    response = client.post(
+        "/admin/2fa/", {"token": current_code(authenticator(enrolled)), "next": "https://evil.example/"}
+    )
     assert response.status_code == 302
     assert response["Location"] == "/admin/"
 

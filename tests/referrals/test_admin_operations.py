@@ -20,9 +20,10 @@ from partners import services as partner_services
 from partners.circuit import circuit_failure
 from partners.models import Partner, PartnerCircuit
 from referrals.admin import operations
-from referrals.models import Applicant, CallbackEvent, Dispatch, DispatchAttempt, Loan, Referral
+from referrals.models import Applicant, CallbackEvent, Dispatch, DispatchAttempt, Job, Loan, Referral
 from referrals.services.callbacks import callback_apply, callback_receive
 from referrals.services.dispatch import dispatch_send
+from referrals.services.jobs import job_execute
 from tests.factories import PartnerFactory, make_contract
 
 URL = "/api/v1/applicants/"
@@ -464,12 +465,15 @@ def test_bulk_retry_reports_what_was_retried_and_what_was_refused(client, operat
         url("referrals_referral_changelist"),
         {"action": "retry_selected", "_selected_action": [str(r.pk) for r in (*failed, queued)]},
     )
+    job = Job.objects.get()
     assert response.status_code == 302
-    reported = messages_of(response)
-    assert [level for level, _text in reported] == ["success", "error"]
-    assert reported[0][1].startswith("2 ")
-    assert reported[1][1].startswith("1 ")
-    assert str(queued.pk)[:8] in reported[1][1]
+    assert response["Location"] == url("referrals_job_change", job.pk)  # a background job (test_jobs.py)
+    job_execute(job.pk)
+    job.refresh_from_db()
+    assert job.result["requeued"] == 2
+    [refused] = job.result["refused"]
+    assert refused["count"] == 1
+    assert str(queued.pk) in refused["items"][0]
     assert set(Referral.objects.filter(pk__in=[r.pk for r in failed]).values_list("status", flat=True)) == {"queued"}
     assert set(Dispatch.objects.filter(referral__in=failed).values_list("status", flat=True)) == {"pending"}
     assert Referral.objects.get(pk=queued.pk).status == "queued"

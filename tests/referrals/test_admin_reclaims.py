@@ -22,6 +22,7 @@ from referrals.services import dispatch as outbox
 from referrals.services.reclaims import reclaim_propose, reclaim_reject, reclaims_scan
 from tests.factories import PartnerFactory, UserFactory, make_contract
 from tests.settlements.builders import PartnerSide, at, submitting
+from tests.signin import TwoFactorClient
 
 RECLAIM_TERMS = {"allowed": True, "min_ontime_installments": 3, "fee": "200.00", "non_solicit_days": 0}
 RULE_CODES = ["contract_allows", "loan_open", "ontime_installments", "no_overdue", "non_solicit_elapsed", "consent"]
@@ -45,10 +46,10 @@ QUEUE = "referrals_reclaim_changelist"
 NEAR_MISSES = "referrals_reclaimnearmiss_changelist"
 
 
-def browser(user, language: str = "en") -> Client:
+def browser(user, language: str = "en") -> TwoFactorClient:
     """A logged-in admin session in English, so the tests read the source strings (one test reads
     the Chinese page). Not the ``client`` fixture: the partner's callbacks use their own client."""
-    client = Client(headers={"Accept-Language": language})
+    client = TwoFactorClient(headers={"Accept-Language": language})  # signed in with both factors
     client.force_login(user)
     return client
 

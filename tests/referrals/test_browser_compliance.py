@@ -1,5 +1,6 @@
 """A compliance officer's journey in a real browser (Playwright with Debian's Chromium): log in,
-find an applicant by phone, read the consent's ledger timeline, export the evidence bundle."""
+find an applicant by phone, read the consent's ledger timeline, export the evidence bundle (made
+by a background job, downloaded from its page)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ SCREENSHOT = Path(settings.VAR_DIR) / "screenshots" / "compliance-timeline.png"
 
 
 def test_compliance_officer_finds_an_applicant_by_phone_checks_the_timeline_and_exports_evidence(
-    live_server, page, tmp_path
+    live_server, page, tmp_path, settings
 ):
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # the export job runs when its request commits
     officer = UserFactory(username="hewei", roles=["compliance_officer"], password=PASSWORD)
     origination = UserFactory(username="origination", roles=["origination"], is_staff=False)
     builders.partners()
@@ -73,11 +75,13 @@ def test_compliance_officer_finds_an_applicant_by_phone_checks_the_timeline_and_
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
-    # Back to the applicant → Export evidence → the JSON download.
+    # Back to the applicant → Export evidence → its job's page → the JSON download.
     page.go_back()
     page.click("a.action-export")
+    page.click('#export_form input[type="submit"]')
+    expect(page.get_by_test_id("job-status")).to_have_attribute("data-status", "done")
     with page.expect_download() as download_info:
-        page.click('#export_form input[type="submit"]')
+        page.get_by_test_id("job-download").click()
     download = download_info.value
     assert download.suggested_filename == f"evidence-{applicant.external_id}.json"
     saved = tmp_path / download.suggested_filename

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from referrals import merkle, triggers
-from referrals.api.views import _validate
+from referrals.api.views import _validator
 from referrals.models import Consent, ConsentEvent, LedgerCheckpoint
 from referrals.services import consents as consent_services
 from referrals.services import ledger
@@ -25,7 +25,7 @@ from tests.factories import intake_payload
 
 def make_consents(actor, text, n: int) -> list[Consent]:
     items = [intake_payload(text=text, partners=["PARTNER_A"], seq=i) for i in range(1, n + 1)]
-    results = applicant_intake(actor=actor, items=items, validate=_validate)
+    results = applicant_intake(actor=actor, items=items, validate=_validator())
     assert {r.status for r in results} == {201}, [r.errors for r in results]
     return list(Consent.objects.order_by("created_at", "id"))
 

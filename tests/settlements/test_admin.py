@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from django.contrib.messages import get_messages
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
 from django.urls import reverse
 from django.utils import translation
 
@@ -28,6 +27,7 @@ from settlements.models import (
 from settlements.services.reconcile import statement_reconcile
 from settlements.services.statements import statement_compute, statement_submit
 from tests.settlements.builders import at, submitting
+from tests.signin import TwoFactorClient
 
 PERIOD = "2026-11"
 
@@ -45,10 +45,10 @@ def act_url(statement: Statement, action: str) -> str:
     return statement_url(statement, "act", action)
 
 
-def browser(user, language: str = "en") -> Client:
+def browser(user, language: str = "en") -> TwoFactorClient:
     """A logged-in admin session in English, so the tests read the source strings (the Chinese
     catalogue has its own test below). Not the ``client`` fixture: the partner's callbacks use it."""
-    client = Client(headers={"Accept-Language": language})
+    client = TwoFactorClient(headers={"Accept-Language": language})  # signed in with both factors
     client.force_login(user)
     return client
 
