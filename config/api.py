@@ -63,6 +63,15 @@ class Pagination(pagination.CursorPagination):
     max_page_size = 500
 
 
+class InARole(permissions.BasePermission):
+    """Signed in and holding a role (or a superuser): the API's schema and docs are for the people
+    and systems that use the API, not for every account."""
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and (user.is_superuser or user.groups.exists()))
+
+
 class RolePermission(permissions.BasePermission):
     """Every endpoint needs an authenticated user holding the permission of the action.
 

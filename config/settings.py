@@ -267,7 +267,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Declined-lead referral (拒量导流): partners, contracts, consents, referrals, settlements.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SERVE_PERMISSIONS": ["config.api.InARole"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # No badge image from validator.swagger.io (it would send it the schema's URL; the CSP's

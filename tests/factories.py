@@ -10,7 +10,7 @@ from django.apps import apps as django_apps
 from django.contrib.auth.models import Group, User
 from stdnum.cn import uscc
 
-from config.roles import ROLES, grant
+from config.roles import ROLES, grant, revoke
 from partners import services
 from partners.models import Contract, Partner
 
@@ -20,6 +20,7 @@ ROLE_MIGRATIONS = (
     "referrals.migrations.0005_operations_roles",
     "settlements.migrations.0002_finance_roles",
     "referrals.migrations.0007_reclaim_roles",
+    "referrals.migrations.0010_operations_least_privilege",  # WITHDRAWN: grants taken back
 )
 
 
@@ -31,8 +32,12 @@ def ensure_roles() -> None:
         and Group.objects.filter(permissions__isnull=False).exists()
     ):
         return
-    for module in ROLE_MIGRATIONS:
-        grant(django_apps, importlib.import_module(module).PERMISSIONS)
+    for name in ROLE_MIGRATIONS:  # in migration order: a later one may withdraw an earlier grant
+        module = importlib.import_module(name)
+        if hasattr(module, "PERMISSIONS"):
+            grant(django_apps, module.PERMISSIONS)
+        if hasattr(module, "WITHDRAWN"):
+            revoke(django_apps, module.WITHDRAWN)
 
 
 PROVINCES = ["110000", "310000", "440000", "330000", "320000", "510000"]

@@ -200,6 +200,16 @@ class ReclaimViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         "retry_notice": "referrals.propose_reclaim",
     }
 
+    def get_queryset(self):
+        """The hand-back reader (origination: receives reclaimed borrowers, reviews nothing) sees
+        handed-back cases only; who a lender is merely considering is none of its business."""
+        queryset = super().get_queryset()
+        user = self.request.user
+        reviews = user.has_perm("referrals.propose_reclaim") or user.has_perm("referrals.approve_reclaim")
+        if user.has_perm("referrals.receive_reclaimed_pii") and not reviews:
+            queryset = queryset.filter(status=Reclaim.Status.RECLAIMED)
+        return queryset
+
     def _reveal(self) -> bool:
         return self.request.user.has_perm("referrals.receive_reclaimed_pii")
 

@@ -119,6 +119,9 @@ def test_banner_shows_the_urls_and_the_demo_logins(settings):
     settings.DEBUG = True
     from django.core.management import call_command
 
+    from tests.factories import ensure_roles
+
+    ensure_roles()  # an earlier transactional test's flush may have emptied the migrations' groups
     call_command("seed_demo", stdout=io.StringIO())
 
     banner = Command().banner(8123)

@@ -8,7 +8,7 @@ from referrals.models import Consent
 
 ROLES = ["compliance_officer", "partnership_manager", "operations", "finance", "auditor", "origination", "outsider"]
 CONSENT_READERS = {"compliance_officer", "auditor"}
-APPLICANT_READERS = {"compliance_officer", "auditor", "operations"}
+APPLICANT_READERS = {"compliance_officer", "auditor"}  # not operations: referrals 0010
 WITHDRAWERS = {"origination", "compliance_officer"}
 NEW_TEXT = {"code": "t-new", "body": "正文", "validity_days": 30}
 
