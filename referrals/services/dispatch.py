@@ -469,7 +469,7 @@ def enqueue_dispatches(dispatches: list[Dispatch]) -> None:
 
 
 # --- sweeper ------------------------------------------------------------------------------------------
-def dispatch_sweep(*, now: datetime.datetime | None = None, limit: int = 5000) -> dict:
+def dispatch_sweep(*, now: datetime.datetime | None = None, limit: int = 5000, budget_seconds: float = 30) -> dict:
     """Re-enqueue what a lost message or a dead worker left behind; close probe windows.
 
     - in flight with an expired lease → pending again (the attempt counts; the partner sees the
@@ -484,20 +484,27 @@ def dispatch_sweep(*, now: datetime.datetime | None = None, limit: int = 5000) -
         status=Dispatch.Status.PENDING, next_attempt_at=now, enqueued_at=None, lease_expires_at=None,
         last_error="lease expired (worker lost)",
     )  # fmt: skip
-    due = list(
-        Dispatch.objects.filter(status=Dispatch.Status.PENDING, next_attempt_at__lte=now)
-        .filter(_not_recently_enqueued(grace))
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-    if due:
-        Dispatch.objects.filter(pk__in=due).update(enqueued_at=now)
-        from referrals.tasks import dispatch_send_task
+    from referrals.tasks import dispatch_send_task
 
-        for start in range(0, len(due), 50):
-            dispatch_send_task.delay(due[start : start + 50])
+    # Batches of ``limit`` until none is left or the time budget is spent: after a mass failure
+    # (30,000 leases expiring at once) the backlog goes out in this sweep, not over six beats.
+    enqueued, deadline = 0, time.monotonic() + budget_seconds
+    while True:
+        due = list(
+            Dispatch.objects.filter(status=Dispatch.Status.PENDING, next_attempt_at__lte=now)
+            .filter(_not_recently_enqueued(grace))
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if due:
+            Dispatch.objects.filter(pk__in=due).update(enqueued_at=now)
+            for start in range(0, len(due), 50):
+                dispatch_send_task.delay(due[start : start + 50])
+            enqueued += len(due)
+        if len(due) < limit or time.monotonic() > deadline:
+            break
     closed = referral_select_due(now=now)
-    return {"lease_expired": expired, "enqueued": len(due), "probe_windows_closed": closed}
+    return {"lease_expired": expired, "enqueued": enqueued, "probe_windows_closed": closed}
 
 
 def _not_recently_enqueued(grace) -> Q:

@@ -348,6 +348,20 @@ def test_sweeper_recovers_expired_leases_and_lost_messages(applicant):
     assert probe("PARTNER_A").status == "pending"
 
 
+def test_one_sweep_takes_a_backlog_bigger_than_its_batch(applicant, monkeypatch):
+    """A mass failure (every lease expired at once) goes out in one sweep, batch after batch."""
+    past = timezone.now() - datetime.timedelta(minutes=5)
+    Dispatch.objects.update(status="in_flight", attempts=1, lease_expires_at=past)
+    total = Dispatch.objects.count()
+    assert total >= 2
+    sent = []
+    monkeypatch.setattr("referrals.tasks.dispatch_send_task.delay", lambda ids: sent.extend(ids))
+    result = dispatch_sweep(limit=1)
+    assert (result["lease_expired"], result["enqueued"]) == (total, total)
+    assert sorted(sent) == sorted(Dispatch.objects.values_list("pk", flat=True))
+    assert not Dispatch.objects.filter(enqueued_at__isnull=True).exists()
+
+
 def test_selection_is_idempotent(applicant):
     Referral.objects.filter(partner__code="PARTNER_A").update(status="probe_accepted")
     Referral.objects.filter(partner__code="PARTNER_B").update(status="probe_declined")
