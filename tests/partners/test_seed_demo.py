@@ -13,8 +13,15 @@ from stdnum.cn import uscc
 
 from partners.management.commands.seed_demo import DEMO_PARTNERS, DEMO_USERS, format_logins_table
 from partners.models import Contract, Partner
+from tests.factories import ensure_roles
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _roles():
+    """seed_demo needs the migrations' groups, which an earlier transactional test's flush empties."""
+    ensure_roles()
 
 
 @pytest.fixture

@@ -531,6 +531,8 @@ def test_the_applicant_detail_and_consent_page_run_a_bounded_number_of_queries(
     officer_client.get(url("consent_change", consent.pk))
     with django_assert_max_num_queries(10):
         assert officer_client.get(url("applicant_change", applicant.pk)).status_code == 200
-    # ledger_verify reads each checkpoint's leaves once: bounded by checkpoints (two here), not by events.
-    with django_assert_max_num_queries(14):
+    # ledger_verify reads each checkpoint's leaves once: bounded by checkpoints (two here), not by
+    # events; plus one look-up of the checkpoint before the first when ids do not start at 1 (they
+    # do not after an earlier test's rolled-back checkpoints on PostgreSQL).
+    with django_assert_max_num_queries(15):
         assert officer_client.get(url("consent_change", consent.pk)).status_code == 200
