@@ -306,6 +306,11 @@ def generate(*, applicants: int, months: int = 5, seed: int = 1, partners: int =
                 log(f"  {i + 1 - offset:,} applicants, {stats.total:,} rows ({rate:,.0f} rows/s)")
     writer.flush()
     with connection.cursor() as cursor:
+        # COPY wrote the ids of these two itself: move their sequences past them, or the app's
+        # next insert (a callback, a loan) collides with a generated row.
+        for table in ("referrals_callbackevent", "referrals_loan"):
+            sequence = f"pg_get_serial_sequence('{table}', 'id')"
+            cursor.execute(f"SELECT setval({sequence}, (SELECT max(id) FROM {table}))")  # noqa: S608 - our names
         for table in Writer.ORDER:
             cursor.execute(f"ANALYZE {table}")
     stats.seconds = time.perf_counter() - started

@@ -545,3 +545,6 @@ def _purge_queue() -> None:
     from config.celery import app
 
     app.control.purge()
+
+
+import bench.flow  # noqa: E402, F401 - registers the end-to-end scenarios (they import this module)
