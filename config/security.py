@@ -8,10 +8,11 @@ has already blanked it, and only the username is read here) and ``logged_out``; 
 
 Refusals: :class:`AccessDeniedMiddleware` logs ``access_denied`` for every response answered 403
 — the admin's ``PermissionDenied``, DRF's 403s, a CSRF failure, ``/metrics`` without its token —
-with the user, method and path (the request id comes from the bound context,
+or 401 (an API call without valid credentials, a partner callback whose signature fails), with
+the status, user, method and path (the request id comes from the bound context,
 ``config.requestid``), and counts it in ``spillway_access_denied_total{kind}`` (``admin``,
 ``api`` or ``other``). Looking at the status code rather than at exceptions catches every way a
-403 is made.
+refusal is made.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def access_kind(path: str) -> str:
 
 
 class AccessDeniedMiddleware:
-    """Records every 403 answer; placed after the authentication middleware, so the user is known
+    """Records every 401 and 403 answer; placed after the authentication middleware, so the user is known
     (DRF sets the token's user on the Django request too)."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -86,11 +87,12 @@ class AccessDeniedMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if response.status_code == 403:
+        if response.status_code in (401, 403):
             kind = access_kind(request.path)
             ACCESS_DENIED.labels(kind=kind).inc()
             log.warning(
                 "access_denied",
+                status=response.status_code,
                 kind=kind,
                 method=request.method,
                 path=request.path,

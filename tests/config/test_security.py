@@ -106,6 +106,19 @@ def test_admin_403_is_logged_and_counted(client, db, log):
     assert counted("spillway_access_denied_total", kind="admin") == before + 1
 
 
+def test_an_api_call_without_valid_credentials_is_recorded_too(api, db, log):
+    before = counted("spillway_access_denied_total", kind="api")
+    anonymous = api().get("/api/v1/partners/")
+    forged = api().get("/api/v1/partners/", headers={"Authorization": "Token not-a-real-token"})
+    assert (anonymous.status_code, forged.status_code) == (401, 401)
+    recorded = events(log, "access_denied")
+    assert [(e["status"], e["kind"], e["path"], e["user_id"]) for e in recorded] == [
+        (401, "api", "/api/v1/partners/", None),
+        (401, "api", "/api/v1/partners/", None),
+    ]
+    assert counted("spillway_access_denied_total", kind="api") == before + 2
+
+
 def test_allowed_requests_are_not_recorded(api, compliance_officer, log):
     assert api(compliance_officer).get("/api/v1/partners/").status_code == 200
     assert events(log, "access_denied") == []
