@@ -125,10 +125,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-    # Tests on a file, not Django's shared-cache in-memory database: there a reader meets a
-    # writer's table lock at once ("database table is locked"; the busy timeout does not apply),
-    # and the browser tests read through the live server while a worker thread writes.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-spillway.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env_int("DATABASE_CONN_MAX_AGE", 60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
