@@ -253,21 +253,3 @@ def csp_violations(request):
     yield reports
     if reports:
         pytest.fail("Content-Security-Policy violations:\n" + "\n".join(reports), pytrace=False)
-
-
-@pytest.fixture(autouse=True)
-def _outside_playwright_loop(request):
-    """Playwright's sync API leaves its event loop marked as running in the main thread for the rest
-    of the session; asgiref's ``async_to_sync`` (django-health-check's Celery ping) then refuses to
-    run. Tests that drive no browser run as if it were not there (it is put back afterwards)."""
-    if BROWSER_FIXTURES & set(request.fixturenames):
-        yield
-        return
-    import asyncio
-
-    loop = asyncio.events._get_running_loop()
-    asyncio.events._set_running_loop(None)
-    try:
-        yield
-    finally:
-        asyncio.events._set_running_loop(loop)

