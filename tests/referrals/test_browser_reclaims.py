@@ -27,7 +27,7 @@ from referrals.services import dispatch as outbox
 from referrals.services.reclaims import reclaim_propose, reclaims_scan
 from tests.factories import PartnerFactory, make_contract
 from tests.settlements.builders import PartnerSide, at, submitting
-from tests.signin import PASSWORD, authenticator, current_code
+from tests.signin import sign_in
 
 RECLAIM_TERMS = {"allowed": True, "min_ontime_installments": 3, "fee": "200.00", "non_solicit_days": 0}
 RULE_CODES = ["contract_allows", "loan_open", "ontime_installments", "no_overdue", "non_solicit_elapsed", "consent"]
@@ -126,14 +126,10 @@ def background_sends(monkeypatch):
 
 # --- helpers --------------------------------------------------------------------------------------
 def log_in(page: Page, base: str, username: str) -> None:
+    """The admin's own login form, served in Chinese, with password and one-time code (tests.signin)."""
     page.set_viewport_size({"width": 1440, "height": 1000})
-    page.goto(f"{base}/admin/")
+    sign_in(page, base, User.objects.get(username=username))
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.fill("#id_otp_token", current_code(authenticator(User.objects.get(username=username))))
-    page.click('#login-form input[type="submit"]')
-    expect(page.locator("#user-tools")).to_contain_text(username)
 
 
 def screenshot(page: Page, name: str) -> None:

@@ -21,7 +21,7 @@ from settlements.models import Reconciliation, SettlementRun, Statement
 from settlements.services import runs
 from tests.factories import PartnerFactory, make_contract
 from tests.settlements.builders import PartnerSide, at, submitting
-from tests.signin import PASSWORD, authenticator, current_code
+from tests.signin import sign_in
 
 PERIOD = "2026-11"
 PER_PARTNER_DELAY = 0.7  # seconds: long enough for the page to show progress between partners
@@ -100,14 +100,10 @@ def background_runs(live_server, monkeypatch):
 
 # --- helpers --------------------------------------------------------------------------------------
 def log_in(page: Page, base: str, username: str) -> None:
+    """The admin's own login form, served in Chinese, with password and one-time code (tests.signin)."""
     page.set_viewport_size({"width": 1440, "height": 1000})
-    page.goto(f"{base}/admin/")
+    sign_in(page, base, User.objects.get(username=username))
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.fill("#id_otp_token", current_code(authenticator(User.objects.get(username=username))))
-    page.click('#login-form input[type="submit"]')
-    expect(page.locator("#user-tools")).to_contain_text(username)
 
 
 def screenshot(page: Page, name: str) -> None:
