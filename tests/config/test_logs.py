@@ -21,6 +21,13 @@ def test_mask_text_leaves_other_numbers_alone():
     )
 
 
+def test_mask_text_leaves_digits_inside_a_hex_id_alone():
+    # A request id once held "14173991725" between letters and was logged masked (a CI failure).
+    request_id = "dbe030ae79b14173991725ca2b62c307"
+    assert mask_text(f"request {request_id}") == f"request {request_id}"
+    assert mask_text("手机13812345678，电话:13912345678") == "手机138****5678，电话:139****5678"
+
+
 def test_structlog_events_are_masked_end_to_end(caplog):
     with caplog.at_level(logging.INFO):
         structlog.get_logger("spillway.test").warning(

@@ -165,19 +165,19 @@ def pages(cases: list[Reclaim]) -> dict[str, str]:
 
 
 # Whatever the number of cases, repayments or transitions (the queue is paged and counted with a cap).
-# (PostgreSQL may add one: the planner's estimate when a capped count is reached.)
+# (PostgreSQL adds one — page_queries — and may add another: the planner's estimate for a capped count.)
 QUERY_BUDGET = {"queue": 10, "queue, every status": 10, "case": 9, "near misses": 8}
 
 
 @pytest.mark.parametrize("screen", list(QUERY_BUDGET))
 def test_every_page_renders_for_compliance_within_a_few_queries(
-    screen, cases, compliance_officer, operations_user, django_assert_max_num_queries
+    screen, cases, compliance_officer, operations_user, page_queries
 ):
     reclaim_propose(actor=operations_user, reclaim=cases[0], note="还款记录良好，建议回捞")  # a fuller case page
     client = browser(compliance_officer)
     target = pages(cases)[screen]
     client.get(target)  # warm the session and the permission cache; count a normal request
-    with django_assert_max_num_queries(QUERY_BUDGET[screen]):
+    with page_queries(QUERY_BUDGET[screen]):
         response = client.get(target)
     assert response.status_code == 200
 

@@ -151,7 +151,7 @@ def test_two_intakes_at_once_cannot_both_take_the_last_slot(partnership_manager,
 
     from django.db import connection
 
-    from referrals.api.views import _validate
+    from referrals.api.views import _validator
     from referrals.services.intake import applicant_intake
     from tests.factories import consent_text, intake_payload
 
@@ -165,7 +165,7 @@ def test_two_intakes_at_once_cannot_both_take_the_last_slot(partnership_manager,
         try:
             barrier.wait()
             item = intake_payload(text=text, partners=["PARTNER_A"], seq=seq)
-            results.append(applicant_intake(actor=origination, items=[item], validate=_validate)[0].status)
+            results.append(applicant_intake(actor=origination, items=[item], validate=_validator())[0].status)
         finally:
             connection.close()
 

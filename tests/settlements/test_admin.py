@@ -124,7 +124,7 @@ QUERY_BUDGET = {"runs": 7, "run add": 5, "run": 6, "statements": 10, "statement"
 
 @pytest.mark.parametrize("screen", list(QUERY_BUDGET))
 def test_every_page_renders_for_finance_within_a_few_queries(
-    screen, statement, lent, run, finance_user, second_finance_user, django_assert_max_num_queries
+    screen, statement, lent, run, finance_user, second_finance_user, page_queries
 ):
     if screen == "statement":  # the most a statement's page shows: under review, reconciled, a warning
         statement_submit(statement=statement, user=finance_user)
@@ -135,7 +135,7 @@ def test_every_page_renders_for_finance_within_a_few_queries(
     client = browser(finance_user)
     target = pages(statement, run)[screen]
     client.get(target)  # warm the session and the permission cache; count a normal request
-    with django_assert_max_num_queries(QUERY_BUDGET[screen]):
+    with page_queries(QUERY_BUDGET[screen]):
         response = client.get(target)
     assert response.status_code == 200
 
