@@ -31,3 +31,21 @@ app.autodiscover_tasks()
 
 # The web request's id travels in each message's headers and is bound again in the worker.
 requestid.connect_signals()
+
+
+def enqueue(task, *args) -> bool:
+    """Send ``task`` for work the database already records (an outbox row, a stored callback, a job).
+
+    Called after a commit: if the broker cannot be reached (Redis restarting), the request that
+    committed must not answer 500 for work that is safely recorded — the sweepers (``dispatch_sweep``,
+    ``callbacks_sweep``, ``jobs_sweep``, ``runs_sweep``) send it once the broker is back. Returns
+    whether the message went out."""
+    import structlog
+    from kombu.exceptions import OperationalError
+
+    try:
+        task.delay(*args)
+    except (OperationalError, ConnectionError, OSError) as exc:
+        structlog.get_logger(__name__).warning("enqueue_failed", task=task.name, error=str(exc)[:200])
+        return False
+    return True

@@ -138,9 +138,10 @@ def callback_receive(*, partner: Partner, body: dict) -> tuple[CallbackEvent, bo
 
 
 def _enqueue_apply(event_id: int) -> None:
+    from config.celery import enqueue
     from referrals.tasks import callback_apply_task
 
-    callback_apply_task.delay(event_id)
+    enqueue(callback_apply_task, event_id)
 
 
 def callbacks_sweep(*, now=None, grace_seconds: int = 60, horizon_hours: int = 24, limit: int = 5000) -> int:
@@ -164,7 +165,7 @@ def callback_apply(event_id: int) -> str:
     """Apply one stored event (idempotent: an applied event is skipped), then any of the same
     referral's events that were waiting for it."""
     with transaction.atomic():
-        event = CallbackEvent.objects.select_for_update().select_related("referral").get(pk=event_id)
+        event = CallbackEvent.objects.select_for_update(no_key=True).select_related("referral").get(pk=event_id)
         if event.status != CallbackEvent.Status.RECEIVED:
             return "already"
         outcome = _apply_one(event)
@@ -194,7 +195,7 @@ def referral_application_decided(referral_id, *, decision: str, application_id: 
     """The partner decided on the application (synchronously, or later by callback)."""
     from referrals.services.selection import referral_select
 
-    referral = Referral.objects.select_for_update().get(pk=referral_id)
+    referral = Referral.objects.select_for_update(no_key=True).get(pk=referral_id)
     if decision == "accepted":
         # submitting → submitted; a late "accepted" for a referral already submitted changes nothing.
         Referral.objects.filter(pk=referral.pk, status=Referral.Status.SUBMITTING).update(
@@ -236,7 +237,7 @@ def _returned(event: CallbackEvent) -> str:
 
 # --- loans ------------------------------------------------------------------------------------------
 def _loan(event: CallbackEvent) -> Loan:
-    loan, _created = Loan.objects.select_for_update().get_or_create(
+    loan, _created = Loan.objects.select_for_update(no_key=True).get_or_create(
         partner_id=event.partner_id, loan_id=event.data["loan_id"], defaults={"referral_id": event.referral_id}
     )
     return loan

@@ -55,7 +55,7 @@ def consent_withdraw(
     3. queue a withdrawal notice for every partner that received data under the consent.
     """
     with transaction.atomic():
-        consent = Consent.objects.select_for_update().get(pk=consent.pk)
+        consent = Consent.objects.select_for_update(no_key=True).get(pk=consent.pk)
         if consent.status == Consent.Status.WITHDRAWN:
             return WithdrawalResult(consent)
         now = timezone.now()
@@ -98,7 +98,7 @@ def consents_expire_due(*, now: datetime.datetime | None = None, limit: int = 10
     expired = 0
     for pk in due:
         with transaction.atomic():
-            consent = Consent.objects.select_for_update().get(pk=pk)
+            consent = Consent.objects.select_for_update(no_key=True).get(pk=pk)
             if consent.status != Consent.Status.GRANTED or consent.expires_at > now:
                 continue  # withdrawn or extended meanwhile
             consent.expire()

@@ -120,7 +120,7 @@ def dispatch_claim(dispatch_id: int, *, now: datetime.datetime | None = None) ->
         dispatch = (
             # of=("self",): lock the dispatch row only; PostgreSQL refuses FOR UPDATE on the nullable
             # side of the outer join that the optional referral needs.
-            Dispatch.objects.select_for_update(of=("self",))
+            Dispatch.objects.select_for_update(of=("self",), no_key=True)
             .select_related("partner", "referral__applicant", "referral__contract", "referral__partner")
             .filter(pk=dispatch_id)
             .first()
@@ -171,10 +171,15 @@ def lock_consents(consent_id) -> None:
     (its one consent), the claim, the recording of an answer, the selection — so locks are always
     taken in the order consent → dispatch → referral and two of them cannot deadlock (a dispatch
     row locked before its consent, or an application row inserted under a referral lock, whose
-    foreign-key check needs the consent row a withdrawal holds, did)."""
+    foreign-key check needs the consent row a withdrawal holds, did).
+
+    Row locks here and in the other services are ``FOR NO KEY UPDATE`` (``no_key=True``): they
+    exclude each other as ``FOR UPDATE`` does, but not the ``KEY SHARE`` lock a foreign-key check
+    takes when a row pointing at the locked one is inserted — a callback stored for a referral
+    while a worker held that referral's lock closed a three-way deadlock (found by ``make chaos``)."""
     same_applicant = Consent.objects.filter(pk=consent_id).values("applicant_id")
     list(
-        Consent.objects.select_for_update()
+        Consent.objects.select_for_update(no_key=True)
         .filter(applicant_id__in=same_applicant)
         .order_by("pk")
         .values_list("pk", flat=True)
@@ -302,7 +307,7 @@ def _record(claimed: Claimed, started, duration_ms: int, answer, error, *, count
     status_code = getattr(answer, "status", None) or getattr(error, "status", None)
     with transaction.atomic():
         lock_consents(dispatch.consent_id)  # first, as everywhere (the selection below needs it too)
-        current = Dispatch.objects.select_for_update().get(pk=dispatch.pk)
+        current = Dispatch.objects.select_for_update(no_key=True).get(pk=dispatch.pk)
         DispatchAttempt.objects.create(
             dispatch=dispatch, number=attempt, started_at=started, duration_ms=duration_ms, http_status=status_code,
             outcome=(DispatchAttempt.Outcome.SUCCESS if error is None else
@@ -456,9 +461,10 @@ def withdrawal_notices(consent: Consent) -> list[Dispatch]:
 
 
 def _enqueue(ids: list[int]) -> None:
+    from config.celery import enqueue
     from referrals.tasks import dispatch_send_task
 
-    dispatch_send_task.delay(ids)
+    enqueue(dispatch_send_task, ids)
 
 
 def enqueue_dispatches(dispatches: list[Dispatch]) -> None:

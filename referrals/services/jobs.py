@@ -112,9 +112,10 @@ def _start(*, actor, kind: str, params: dict, total: int) -> Job:
 
 
 def _enqueue(job_id) -> None:
+    from config.celery import enqueue
     from referrals.tasks import job_execute_task
 
-    job_execute_task.delay(str(job_id))
+    enqueue(job_execute_task, str(job_id))
 
 
 def ledger_verify_start(*, actor) -> Job:

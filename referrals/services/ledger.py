@@ -80,7 +80,7 @@ def ledger_append(
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("ledger_append must run inside a transaction")
-    Consent.objects.select_for_update().filter(pk=consent.pk).values_list("pk", flat=True).first()
+    Consent.objects.select_for_update(no_key=True).filter(pk=consent.pk).values_list("pk", flat=True).first()
     _share_ledger_lock()
     last = ConsentEvent.objects.filter(consent_id=consent.pk).order_by("-seq").values_list("seq", "hash").first()
     seq, prev_hash = (last[0] + 1, last[1]) if last else (1, merkle.GENESIS_HASH)

@@ -17,7 +17,7 @@ def referral_retry(*, actor, referral: Referral) -> Referral:
     """Put a ``failed`` referral back: its failed call is tried again with the same idempotency key
     (the partner recognises a repeated application), and every send still re-checks the consent."""
     lock_consents(referral.consent_id)  # the house lock order: consent → dispatch → referral
-    referral = Referral.objects.select_for_update().get(pk=referral.pk)
+    referral = Referral.objects.select_for_update(no_key=True).get(pk=referral.pk)
     if referral.status != Referral.Status.FAILED:
         raise ValidationError(
             {"status": [_("Only failed referrals can be retried; this one is %(s)s.") % {"s": referral.status}]}
@@ -53,7 +53,7 @@ def referral_cancel(*, actor, referral: Referral, reason: str) -> Referral:
     if not (reason or "").strip():
         raise ValidationError({"reason": [_("A reason is required.")]})
     lock_consents(referral.consent_id)
-    referral = Referral.objects.select_for_update().get(pk=referral.pk)
+    referral = Referral.objects.select_for_update(no_key=True).get(pk=referral.pk)
     if referral.status not in Referral.OPEN and referral.status != Referral.Status.FAILED:
         raise ValidationError({"status": [_("Only open or failed referrals can be cancelled.")]})
     now = timezone.now()

@@ -244,7 +244,7 @@ def _create_candidate(facts: Facts) -> Reclaim:
 def _locked(reclaim_id) -> Reclaim:
     consent_id = Reclaim.objects.filter(pk=reclaim_id).values_list("consent_id", flat=True).get()
     outbox.lock_consents(consent_id)  # consent → (dispatch) → reclaim
-    return Reclaim.objects.select_for_update().select_related("loan", "partner").get(pk=reclaim_id)
+    return Reclaim.objects.select_for_update(no_key=True).select_related("loan", "partner").get(pk=reclaim_id)
 
 
 def _move(reclaim: Reclaim, step: str, *, by=None, note: str = "", **fields) -> Reclaim:
@@ -375,7 +375,7 @@ def reclaims_block_for_loan(loan_id: int) -> None:
 def reclaims_block_for_consent(consent: Consent) -> None:
     """Called by the withdrawal with the consent locked: every open case under it is blocked."""
     why = f"consent is {consent.status}"  # stored: English, like every recorded reason
-    for reclaim in Reclaim.objects.select_for_update().filter(consent=consent, status__in=Reclaim.OPEN):
+    for reclaim in Reclaim.objects.select_for_update(no_key=True).filter(consent=consent, status__in=Reclaim.OPEN):
         _move(reclaim, "block", note=why, status_reason=why)
 
 
@@ -383,7 +383,7 @@ def reclaims_block_for_consent(consent: Consent) -> None:
 def notice_check(dispatch: Dispatch, consent: Consent, now: datetime.datetime) -> str:
     """Immediately before the notice leaves (consent locked): every rule again; the case moves to
     ``notified``, or is blocked and nothing is sent."""
-    reclaim = Reclaim.objects.select_for_update().get(pk=dispatch.subject_id)
+    reclaim = Reclaim.objects.select_for_update(no_key=True).get(pk=dispatch.subject_id)
     if reclaim.status not in (Reclaim.Status.APPROVED, Reclaim.Status.NOTIFIED):
         return f"reclaim is {reclaim.status}"
     failing = recorded_failures(facts_for(reclaim.loan_id, now))
@@ -409,7 +409,7 @@ def notice_payload(dispatch: Dispatch) -> dict:
 
 def notice_acknowledged(dispatch: Dispatch, answer: NoticeAnswer) -> None:
     """The partner's answer: acknowledged → the fee line's moment, and the hand-back if due."""
-    reclaim = Reclaim.objects.select_for_update().get(pk=dispatch.subject_id)
+    reclaim = Reclaim.objects.select_for_update(no_key=True).get(pk=dispatch.subject_id)
     if reclaim.status != Reclaim.Status.NOTIFIED:
         return
     if not answer.acknowledged:
@@ -459,7 +459,7 @@ def reclaim_retry_notice(*, actor, reclaim: Reclaim) -> Reclaim:
     with transaction.atomic():
         reclaim = _locked(reclaim.pk)
         notice = (
-            Dispatch.objects.select_for_update()
+            Dispatch.objects.select_for_update(no_key=True)
             .filter(kind=Dispatch.Kind.RECLAIM_NOTICE, idempotency_key=str(reclaim.pk))
             .first()
         )

@@ -214,9 +214,10 @@ def _enqueue_on_commit(dispatches: list[Dispatch]) -> None:
         by_applicant[dispatch.consent_id].append(dispatch.pk)
 
     def send() -> None:
+        from config.celery import enqueue
         from referrals.tasks import dispatch_send_task
 
         for ids in by_applicant.values():
-            dispatch_send_task.delay(ids)
+            enqueue(dispatch_send_task, ids)
 
     transaction.on_commit(send)

@@ -31,7 +31,9 @@ def referral_select(applicant_id, *, now: datetime.datetime | None = None) -> li
             return []
         lock_consents(first)  # consent before referral, like every other writer (no deadlock)
         referrals = list(
-            Referral.objects.select_for_update(of=("self",)).filter(applicant_id=applicant_id).select_related("partner")
+            Referral.objects.select_for_update(of=("self",), no_key=True)
+            .filter(applicant_id=applicant_id)
+            .select_related("partner")
         )
         limit = settings.SPILLWAY_MAX_APPLICATIONS_PER_APPLICANT
         submitted = [r for r in referrals if r.status == Referral.Status.SUBMITTED]

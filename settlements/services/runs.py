@@ -34,9 +34,10 @@ def run_start(*, period: str, user) -> SettlementRun:
 
 
 def _enqueue(run_id) -> None:
+    from config.celery import enqueue
     from settlements.tasks import settlement_run_task
 
-    settlement_run_task.delay(str(run_id))
+    enqueue(settlement_run_task, str(run_id))
 
 
 def partners_to_settle(period: str):
