@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install fonts migrate seed clean screenshots bench
+.PHONY: run test lint format install fonts migrate seed clean screenshots bench chaos
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python 3.11+ is needed")'
@@ -55,6 +55,12 @@ lint: install
 SCALE ?= smoke
 bench: install
 	$(PY) -m bench --scale $(SCALE) $(BENCH_ARGS)
+
+## The fault scenario (bench/chaos.py): 10,000 applicants while workers are killed and Redis and
+## PostgreSQL restart (its own throwaway cluster and server), then the invariants. CHAOS_PLAN=smoke: smaller.
+CHAOS_PLAN ?= full
+chaos: install
+	$(PY) -m bench.chaos --plan $(CHAOS_PLAN)
 
 ## Refresh the screenshots in docs/ from the browser tests' latest run.
 screenshots: install

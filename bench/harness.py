@@ -160,14 +160,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def web_server(env: dict[str, str], *, workers: int = 4, threads: int = 8) -> Iterator[str]:
-    """gunicorn serving the app on loopback (gthread workers, as docs/deployment.md runs it)."""
+def web_server(env: dict[str, str], *, workers: int = 4, threads: int = 8, log: Path | None = None) -> Iterator[str]:
+    """gunicorn serving the app on loopback (gthread workers, as docs/deployment.md runs it); its
+    output goes to ``log`` when given."""
     port = free_port()
     command = [
         sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
         "--worker-class", "gthread", "--threads", str(threads), "--log-level", "warning", "--timeout", "120",
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})  # noqa: S603 - our own command line
+    out = log.open("w") if log else None
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=out)  # noqa: S603
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{base}/admin/login/", process)  # /health/ also pings Celery, not needed here
@@ -178,6 +180,8 @@ def web_server(env: dict[str, str], *, workers: int = 4, threads: int = 8) -> It
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+        if out:
+            out.close()
 
 
 def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:

@@ -387,7 +387,13 @@ class PartnerSimulator:
         parts = [part for part in url.path.split("/") if part]
         if method == "GET" and not parts:
             return SimResponse(
-                HTTPStatus.OK, {"status": "ok", "partners": self.credentials.segments(), **self.state.counts()}
+                HTTPStatus.OK,
+                {
+                    "status": "ok",
+                    "partners": self.credentials.segments(),
+                    **self.state.counts(),
+                    "callbacks_pending": self.callbacks.pending() if self.callbacks else 0,
+                },
             )
         if method == "GET" and parts == ["_sim", "records"]:
             return SimResponse(HTTPStatus.OK, self.records(parse_qs(url.query).get("partner", [None])[0]))
