@@ -35,9 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="smoke")
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--fresh", action="store_true", help="drop and recreate the bench database first")
+    parser.add_argument("--profile", action="store_true", help="py-spy the workers and gunicorn (bench/profile.py)")
     parser.add_argument("--strict", action="store_true", help="exit non-zero on a missed target, not only on errors")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
+    if args.profile:
+        import os
+
+        os.environ["BENCH_PROFILE"] = "1"
     env = bench_environment()
 
     started = time.perf_counter()

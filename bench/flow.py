@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import OUT_DIR, ROOT, Result, Scale, at_least, free_port, stopwatch, web_server
+from bench.profile import children, recording, summarize
 from bench.scenarios import _in_threads, _intake_cast, _purge_queue, scenario
 
 
@@ -375,11 +376,14 @@ def dispatch_end_to_end(scale: Scale, env: dict, *, latency_ms: int, target: flo
         with stopwatch() as intake:
             referrals = take_in(flow.applicants)
         before = _simulator_requests(sim)
-        with stopwatch() as elapsed, cpu_meter(workers.processes) as cpu:
+        profiled = recording(f"dispatch-{latency_ms}ms", [p.pid for p in workers.processes])
+        with stopwatch() as elapsed, cpu_meter(workers.processes) as cpu, profiled as files:
             workers.consume(True)
             wait_until_settled(Referral, referrals, open_, timeout=600, check=workers.check)
         calls = _simulator_requests(sim) - before - 1
         baseline = raw_calls_per_second(sim, threads=workers.in_flight, seconds=flow.baseline_seconds)
+    if files:
+        print(f"  profile of the workers, dispatch at {latency_ms} ms:\n{summarize(files)}", flush=True)
     rate = len(referrals) / elapsed()
     call_rate = calls / elapsed()
     ratio = call_rate / baseline
@@ -532,9 +536,12 @@ def callbacks(scale: Scale, env: dict) -> list[Result]:
         _in_threads(post, warm, threads=16)
         settle(since)
         since = timezone.now()
-        with stopwatch() as elapsed, cpu_meter(workers.processes) as cpu:
+        pids = [p.pid for p in workers.processes] + children("gunicorn")
+        with stopwatch() as elapsed, cpu_meter(workers.processes) as cpu, recording("callbacks", pids) as files:
             _in_threads(post, events, threads=16)
             settle(since)
+        if files:
+            print(f"  profile of gunicorn and the workers, callbacks:\n{summarize(files)}", flush=True)
     if answers != Counter({"accepted": len(warm) + len(events)}):
         raise RuntimeError(f"the callbacks were answered {dict(answers)}")
     outcome = Counter(ours.values_list("status", flat=True))
