@@ -420,6 +420,15 @@ class PartnerSimulator:
     def _answer(
         self, creds: PartnerCredentials, action: str, headers: Any, body: bytes, record: RequestRecord
     ) -> SimResponse:
+        # Whatever arrives is recorded by its ids first — also when it is then refused (down, bad
+        # signature): the data reached the partner, and a check of what was sent must see it.
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict):
+            with self.state.lock:  # records() may be reading it
+                _describe(record, payload)
         down_until = self.downtime_end(creds.code)
         if down_until is not None:  # down: nothing is checked, nothing is processed
             retry_after = str(max(1, round(down_until - time.monotonic())))
@@ -434,13 +443,6 @@ class PartnerSimulator:
                 HTTPStatus.UNAUTHORIZED, {"error": f"signature {exc.reason}"}, note=f"auth={exc.reason}",
                 outcome="unauthorized",
             )  # fmt: skip
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            payload = None
-        if isinstance(payload, dict):
-            with self.state.lock:  # records() may be reading it
-                _describe(record, payload)
         fault, after_processing = self._draw_fault(creds, action, record)
         if self.config.latency_ms:
             time.sleep(self.config.latency_ms / 1000)
