@@ -14,6 +14,7 @@ from django.contrib import admin
 from django.core.exceptions import NON_FIELD_ERRORS, ImproperlyConfigured, PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import connections, models, transaction
+from django.db.models.query import ModelIterable
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 
@@ -138,6 +139,52 @@ class BoundedCountPaginator(Paginator):
     @cached_property
     def estimated_total(self) -> int | None:
         return self.count if self.estimated else None
+
+    # --- deep pages: the keys first, then their rows (a "deferred join") -------------------------
+    # ``OFFSET n`` makes the database build and throw away n whole rows, each with the page's
+    # joins. From this offset on a page first takes only the primary keys of its rows (same
+    # filters, same ordering: often an index-only scan), then the rows for those keys. That costs
+    # one query more, so first pages keep the plain slice.
+    deferred_join_offset = 500
+
+    def page(self, number):
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        if bottom >= self.deferred_join_offset and self.can_defer_join(self.object_list):
+            object_list = self.rows_by_keys(self.object_list, bottom, top)
+        else:
+            object_list = self.object_list[bottom:top]
+        return self._get_page(object_list, number, self)
+
+    @staticmethod
+    def can_defer_join(queryset) -> bool:
+        """Model rows of a plain query. Not a list, a ``values()`` list, a ``union()``, a
+        ``distinct()`` (its keys would not be its rows), an already sliced query, or one with a
+        window function (filtering on the keys would change what it computes)."""
+        if not isinstance(queryset, models.QuerySet) or queryset._iterable_class is not ModelIterable:
+            return False
+        query = queryset.query
+        return queryset.model._meta.pk is not None and not (
+            query.combinator
+            or query.distinct
+            or query.is_sliced
+            or any(getattr(annotation, "contains_over_clause", False) for annotation in query.annotations.values())
+        )
+
+    @staticmethod
+    def rows_by_keys(queryset: models.QuerySet, bottom: int, top: int) -> models.QuerySet:
+        """Rows ``bottom``–``top`` of ``queryset``: their keys in one query, the rows (with
+        ``select_related`` and ``prefetch_related``) when the page is read.
+
+        The rows keep the queryset's ordering, which puts them in the keys' order: the changelist
+        always orders on something unique (Django adds ``-pk`` to any other ordering), so the
+        same ordering over a subset of the rows keeps their relative order.
+        """
+        keys = list(queryset.select_related(None).prefetch_related(None).values_list("pk", flat=True)[bottom:top])
+        return queryset.filter(pk__in=keys)
 
 
 class EstimatedCountPaginator(BoundedCountPaginator):
