@@ -9,7 +9,7 @@ from group names — and calls these selectors.
 Cost per panel, whatever the size of the tables (each result is cached ``TTL`` seconds, the cheap
 rollup: at most one computation per panel per minute, however many people open the page):
 
-* funnel — referrals created in the last ``DAYS`` days (``referral_status_idx`` / ``created_at``),
+* funnel — referrals created in the last ``DAYS`` days (``referral_status_created_idx`` / ``referral_created_idx``),
   counted per partner with conditional aggregates, left-joined to their loans: one query;
 * referrals per day — the same window grouped by Shanghai day: one query;
 * revenue per month — :func:`settlements.selectors.monthly_revenue` (statements, one row per

@@ -85,7 +85,7 @@ class Consent(models.Model):
     withdrawal_channel = models.CharField(_("withdrawal channel"), max_length=16, blank=True)
     withdrawal_reason = models.TextField(_("withdrawal reason"), blank=True)
     expired_at = models.DateTimeField(_("expired at"), null=True, blank=True)
-    created_at = models.DateTimeField(_("created at"), auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:
         verbose_name = _("consent")
@@ -93,6 +93,9 @@ class Consent(models.Model):
         ordering = ["-created_at"]
         permissions = [("withdraw_consent", _("Can withdraw a consent on the applicant's behalf"))]
         indexes = [
+            models.Index(
+                fields=["created_at", "id"], name="consent_created_idx"
+            ),  # the changelists' default ordering, with its tie-break: deep pages scan keys only
             models.Index(fields=["status", "expires_at"], name="consent_expiry_idx"),
             models.Index(fields=["channel", "created_at"], name="consent_channel_idx"),  # the changelist's filter
         ]
