@@ -15,7 +15,7 @@ from django import forms
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django_filters.fields import IsoDateTimeField
-from rest_framework import exceptions, pagination, permissions
+from rest_framework import exceptions, pagination, permissions, throttling
 from rest_framework.fields import get_error_detail
 
 
@@ -53,6 +53,31 @@ class IsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     """
 
     field_class = _UTCIsoDateTimeField
+
+
+class _FailOpen:
+    """A throttle whose counters live in the cache lets the request through when the cache cannot be
+    reached (Redis restarting), and says so in the log: a consent withdrawal or an intake must not
+    fail because a rate limiter's counter is unavailable (``make chaos`` saw them answer 500)."""
+
+    def allow_request(self, request, view) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            return super().allow_request(request, view)
+        except (RedisError, OSError) as exc:
+            import structlog
+
+            structlog.get_logger(__name__).warning("throttle_unavailable", scope=self.scope, error=str(exc)[:200])
+            return True
+
+
+class UserRateThrottle(_FailOpen, throttling.UserRateThrottle):
+    pass
+
+
+class AnonRateThrottle(_FailOpen, throttling.AnonRateThrottle):
+    pass
 
 
 class Pagination(pagination.CursorPagination):

@@ -248,8 +248,8 @@ REST_FRAMEWORK = {
     # Per user (token or session) and per client address for anonymous calls; a 429 says how long
     # to wait (Retry-After). Counted in the cache (CACHE_URL), shared by every process.
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "config.api.UserRateThrottle",  # DRF's, failing open when the cache is unreachable
+        "config.api.AnonRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "user": throttle_rate("SPILLWAY_API_USER_RATE", "6000/min"),

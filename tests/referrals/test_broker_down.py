@@ -99,3 +99,26 @@ def test_a_callback_is_answered_200_and_applied_by_the_sweeper(
     monkeypatch.setattr(callback_apply_task, "delay", queued.append)
     callbacks_sweep(now=stored.received_at + datetime.timedelta(minutes=2))
     assert queued == [stored.pk]
+
+
+def test_a_withdrawal_goes_through_while_the_rate_limiters_cache_is_unreachable(
+    origination_api, payload, contracts, monkeypatch, caplog
+):
+    """Found by ``make chaos``: with Redis restarting, the API throttle's cache read answered 500."""
+    from django.core.cache import cache
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    response = origination_api.post("/api/v1/applicants/", payload(), format="json")
+    assert response.status_code == 201, response.content
+    consent = Consent.objects.get()
+
+    def unreachable(*args, **kwargs):
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(cache, "get", unreachable)
+    response = origination_api.post(
+        f"/api/v1/consents/{consent.pk}/withdraw/", {"channel": "app", "reason": "不再需要"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    consent.refresh_from_db()
+    assert consent.status == "withdrawn"
