@@ -136,10 +136,7 @@ def tiny_rates(monkeypatch):
 
 def test_throttle_is_configured(settings):
     rest = settings.REST_FRAMEWORK
-    assert rest["DEFAULT_THROTTLE_CLASSES"] == [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
-    ]
+    assert rest["DEFAULT_THROTTLE_CLASSES"] == ["config.api.UserRateThrottle", "config.api.AnonRateThrottle"]
     assert rest["DEFAULT_THROTTLE_RATES"] == {"user": "6000/min", "anon": "60/min"}
 
 
