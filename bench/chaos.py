@@ -113,10 +113,15 @@ class OwnPostgres:
     def restart(self) -> None:
         self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "restart")
 
-    def stop(self) -> None:
+    def stop(self, *, keep: bool = False) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
-            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
+            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        if keep:
+            start = f"runuser -u postgres -- {self.bin / 'pg_ctl'} -D {self.dir / 'data'} -o '-p {self.port}' start"
+            print(f"kept: the chaos database's cluster in {self.dir / 'data'}; start it with\n  {start}\n"
+                  f"  then: psql -h 127.0.0.1 -p {self.port} -U postgres spillway_chaos")  # fmt: skip
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class ExternalPostgres:
@@ -131,7 +136,7 @@ class ExternalPostgres:
     def restart(self) -> None:
         subprocess.run(self.command, shell=True, check=True)  # noqa: S602 - the operator's own command
 
-    def stop(self) -> None:
+    def stop(self, *, keep: bool = False) -> None:
         pass
 
 
@@ -481,7 +486,7 @@ def wait_settled(sim: str, started_at, deadline: float) -> dict:
     return last
 
 
-def run(plan_name: str) -> int:
+def run(plan_name: str, *, keep: bool = False) -> int:
     import requests
 
     plan = PLANS[plan_name]
@@ -505,7 +510,9 @@ def run(plan_name: str) -> int:
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis.port}/0",
             "CACHE_URL": f"redis://127.0.0.1:{redis.port}/1",
             "SPILLWAY_SWEEP_SECONDS": "5",
-            "SPILLWAY_VAR_DIR": str(CHAOS_DIR / "var"),
+            # A var directory per run: ledger checkpoint files of an earlier run (another database)
+            # would otherwise claim the same checkpoint numbers with other roots.
+            "SPILLWAY_VAR_DIR": str(CHAOS_DIR / f"var-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"),
         }
         ensure_database(env["DATABASE_URL"], fresh=True)
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT,
@@ -562,9 +569,12 @@ def run(plan_name: str) -> int:
         from bench.chaos_checks import check_all
 
         findings = check_all(records, withdrawals.returned, started_at=started_at)
-        return report(plan_name, plan, tally, withdrawals, settled, records, findings)
+        outcome = report(plan_name, plan, tally, withdrawals, settled, records, findings)
+        keep = keep or outcome != 0
+        return outcome
     except Exception:
         traceback.print_exc()
+        keep = True
         return 2
     finally:
         if workers is not None:
@@ -572,7 +582,7 @@ def run(plan_name: str) -> int:
         for process in processes:
             _stop(process)
         redis.stop()
-        postgres.stop()
+        postgres.stop(keep=keep)
 
 
 def report(plan_name, plan, tally: Tally, withdrawals: Withdrawals, settled: dict, records: dict, findings) -> int:
@@ -624,8 +634,9 @@ def report(plan_name, plan, tally: Tally, withdrawals: Withdrawals, settled: dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Spillway chaos run")
     parser.add_argument("--plan", choices=sorted(PLANS), default="full")
+    parser.add_argument("--keep", action="store_true", help="keep the database cluster (always kept on a failure)")
     args = parser.parse_args(argv)
-    return run(args.plan)
+    return run(args.plan, keep=args.keep)
 
 
 if __name__ == "__main__":
