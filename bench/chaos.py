@@ -532,8 +532,9 @@ def run(plan_name: str, *, keep: bool = False) -> int:
         with web_server(env, log=CHAOS_DIR / "web.log") as base:
             workers = Workers(env)
             workers.start()
-            processes.append(_spawn_logged("beat", [sys.executable, "-m", "celery", "-A", "config", "beat",
-                                                    "--loglevel", "WARNING"], env))  # fmt: skip
+            beat_command = [sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "WARNING"]
+            beat = _spawn_logged("beat", beat_command, env)
+            processes.append(beat)
             lead = 10.0  # the simulator starts this long before the phase: the downtime window is relative
             processes.append(_spawn_logged("simulator", [
                 sys.executable, "manage.py", "simulate_partners", "--host", "127.0.0.1", "--port", str(sim_port),
@@ -560,7 +561,12 @@ def run(plan_name: str, *, keep: bool = False) -> int:
             faults.join()
             log(f"intake done ({tally.applicants:,}); last fault {time.monotonic() - tally.last_fault_at:.0f} s ago")
             settled = wait_settled(sim, started_at, tally.last_fault_at + plan.settle_seconds)
-            log(f"settled: {settled}")
+            # Freeze the sends before the partners' records are read: without beat no scheduled retry
+            # becomes due (the sweeper sends those), then whatever was already moving is let finish.
+            # (A retry sent after the snapshot was judged against records that lacked it.)
+            _stop(beat)
+            settled = wait_settled(sim, started_at, time.monotonic() + 120)
+            log(f"settled, beat stopped: {settled}")
             records = requests.get(f"{sim}/_sim/records", timeout=300).json()
             workers.stop()
             for process in processes:
@@ -632,6 +638,7 @@ def report(plan_name, plan, tally: Tally, withdrawals: Withdrawals, settled: dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop every process it started, as Ctrl-C does
     parser = argparse.ArgumentParser(description="Spillway chaos run")
     parser.add_argument("--plan", choices=sorted(PLANS), default="full")
     parser.add_argument("--keep", action="store_true", help="keep the database cluster (always kept on a failure)")
