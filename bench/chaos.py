@@ -565,6 +565,7 @@ def run(plan_name: str, *, keep: bool = False) -> int:
             # becomes due (the sweeper sends those), then whatever was already moving is let finish.
             # (A retry sent after the snapshot was judged against records that lacked it.)
             _stop(beat)
+            frozen_at = datetime.datetime.now(datetime.UTC)
             settled = wait_settled(sim, started_at, time.monotonic() + 120)
             log(f"settled, beat stopped: {settled}")
             records = requests.get(f"{sim}/_sim/records", timeout=300).json()
@@ -574,7 +575,7 @@ def run(plan_name: str, *, keep: bool = False) -> int:
         (CHAOS_DIR / "records.json").write_text(json.dumps(records))
         from bench.chaos_checks import check_all
 
-        findings = check_all(records, withdrawals.returned, started_at=started_at)
+        findings = check_all(records, withdrawals.returned, started_at=started_at, frozen_at=frozen_at)
         outcome = report(plan_name, plan, tally, withdrawals, settled, records, findings)
         keep = keep or outcome != 0
         return outcome
@@ -628,6 +629,7 @@ def report(plan_name, plan, tally: Tally, withdrawals: Withdrawals, settled: dic
     path.write_text(json.dumps({
         "plan": plan_name, "settings": asdict(plan), "done": asdict(tally), "settled": settled,
         "requests": dict(requests_by), "deliveries": dict(deliveries), "withdrawal_errors": withdrawals.errors,
+        "withdrawals_returned": withdrawals.returned,
         "invariants": [asdict(f) for f in findings],
     }, indent=2, default=str))  # fmt: skip
     print(f"\nJSON: {path.relative_to(ROOT)}")

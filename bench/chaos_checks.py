@@ -179,9 +179,16 @@ class World:
     db_events: list[tuple]  # (partner code, event id, status, body sha256, referral id, type)
     unfinished: list[tuple]  # outbox rows of the run not final: (pk, kind, status, due, referral, applicant, error)
     _older: dict[str, Ref | None] = field(default_factory=dict)
+    frozen_at: datetime.datetime | None = None
+
+    @property
+    def due_before(self) -> datetime.datetime:
+        """A pending row due after this is waiting: now, or shortly before beat was stopped (the
+        sweeper runs every few seconds, so what fell due before that was its to send)."""
+        return self.frozen_at - datetime.timedelta(seconds=15) if self.frozen_at else self.now
 
     @classmethod
-    def load(cls, started_at: datetime.datetime) -> World:
+    def load(cls, started_at: datetime.datetime, frozen_at: datetime.datetime | None = None) -> World:
         ours = Referral.objects.filter(created_at__gte=started_at)
         referrals = {str(row[0]): _ref(row) for row in ours.values_list(*REF_FIELDS).iterator(chunk_size=5000)}
         partners = dict(Partner.objects.values_list("pk", "code"))
@@ -234,7 +241,7 @@ class World:
             )
         )
         return cls(
-            started_at=started_at, now=timezone.now(), referrals=referrals, partner_code=partners,
+            started_at=started_at, now=timezone.now(), frozen_at=frozen_at, referrals=referrals, partner_code=partners,
             partner_id={code: pk for pk, code in partners.items()}, consents=consents, recipients=recipients,
             provisions=provisions, ledger_problems=problems, db_events=db_events, unfinished=unfinished,
         )  # fmt: skip
@@ -256,7 +263,7 @@ class World:
 
     def waiting(self) -> list[tuple]:
         """Outbox rows with a retry (or a deferral: circuit open, partner paused) scheduled."""
-        return [row for row in self.unfinished if row[2] == Dispatch.Status.PENDING and row[3] > self.now]
+        return [row for row in self.unfinished if row[2] == Dispatch.Status.PENDING and row[3] > self.due_before]
 
     def known_elsewhere(self, referral_id: str) -> bool:
         """A referral from before the run (not judged), as opposed to one the database lacks."""
@@ -928,15 +935,22 @@ def _guarded(name: str, check: Callable[[], Finding]) -> Finding:
 
 
 def check_all(
-    records: dict, withdrawals: dict[str, float], *, started_at: datetime.datetime, user=None
+    records: dict,
+    withdrawals: dict[str, float],
+    *,
+    started_at: datetime.datetime,
+    frozen_at: datetime.datetime | None = None,
+    user=None,
 ) -> list[Finding]:
     """Every invariant of issue 8, judged on the referrals created since ``started_at``.
 
     ``records``: ``GET <simulator>/_sim/records``; ``withdrawals``: consent id → ``time.time()`` when
     ``POST /api/v1/consents/{id}/withdraw/`` returned to the caller; ``user``: who the settlement
-    runs are recorded as started by (default: a ``chaos-checks`` user, created inactive)."""
+    runs are recorded as started by (default: a ``chaos-checks`` user, created inactive);
+    ``frozen_at``: when the harness stopped beat before reading the records — a retry that fell due
+    after it waits for the sweeper that no longer runs, and is waiting, not lost."""
     sim = Sim(records)
-    world = World.load(started_at)
+    world = World.load(started_at, frozen_at)
     withdrawals = {str(k): float(v) for k, v in (withdrawals or {}).items()}
     findings = [
         _guarded("lost", lambda: check_lost(world, sim)),
