@@ -45,7 +45,16 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.harness import OUT_DIR, ROOT, bench_environment, ensure_database, free_port, setup_django, web_server
+from bench.harness import (
+    OUT_DIR,
+    ROOT,
+    bench_environment,
+    ensure_database,
+    free_port,
+    setup_django,
+    stop_process,
+    web_server,
+)
 
 CHAOS_DIR = OUT_DIR / "chaos"
 
@@ -234,17 +243,7 @@ class Workers:
         with self.lock:
             for process in self.processes:
                 if process is not None:
-                    _stop(process)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+                    stop_process(process)
 
 
 def _spawn_logged(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -564,14 +563,14 @@ def run(plan_name: str, *, keep: bool = False) -> int:
             # Freeze the sends before the partners' records are read: without beat no scheduled retry
             # becomes due (the sweeper sends those), then whatever was already moving is let finish.
             # (A retry sent after the snapshot was judged against records that lacked it.)
-            _stop(beat)
+            stop_process(beat)
             frozen_at = datetime.datetime.now(datetime.UTC)
             settled = wait_settled(sim, started_at, time.monotonic() + 120)
             log(f"settled, beat stopped: {settled}")
             records = requests.get(f"{sim}/_sim/records", timeout=300).json()
             workers.stop()
             for process in processes:
-                _stop(process)
+                stop_process(process)
         (CHAOS_DIR / "records.json").write_text(json.dumps(records))
         from bench.chaos_checks import check_all
 
@@ -587,7 +586,7 @@ def run(plan_name: str, *, keep: bool = False) -> int:
         if workers is not None:
             workers.stop()
         for process in processes:
-            _stop(process)
+            stop_process(process)
         redis.stop()
         postgres.stop(keep=keep)
 

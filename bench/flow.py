@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import OUT_DIR, ROOT, Result, Scale, at_least, free_port, stopwatch, web_server
+from bench.harness import OUT_DIR, ROOT, Result, Scale, at_least, free_port, stop_process, stopwatch, web_server
 from bench.profile import children, recording, summarize
 from bench.scenarios import _in_threads, _intake_cast, _purge_queue, scenario
 
@@ -124,7 +124,7 @@ def celery_workers(env: dict[str, str], **extra: str) -> Iterator[Workers]:
         yield workers
     finally:
         for process in workers.processes:
-            _stop(process)
+            stop_process(process)
         _empty_broker()
 
 
@@ -171,7 +171,7 @@ def partner_simulator(env: dict[str, str], *, latency_ms: int) -> Iterator[str]:
         yield base
     finally:
         if process is not None:
-            _stop(process)
+            stop_process(process)
         for pk, url in original.items():
             Partner.objects.filter(pk=pk).update(api_base_url=url)
 
@@ -195,16 +195,6 @@ def _simulator_requests(base: str) -> int:
     import requests
 
     return requests.get(base, timeout=10).json()["requests"]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def _tail(path, lines: int = 30) -> str:

@@ -153,6 +153,17 @@ def setup_django(env: dict[str, str]) -> None:
     django.setup()
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate, then kill if it does not exit within 20 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
