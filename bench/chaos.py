@@ -264,7 +264,6 @@ class Tally:
     intake_retries: int = 0
     withdrawals: int = 0
     withdrawal_retries: int = 0
-    withdrawals_without_open_referral: int = 0
     faults: list[str] = field(default_factory=list)
     last_fault_at: float = 0.0
 
@@ -320,7 +319,6 @@ class Withdrawals:
         self.session, self.tally, self.deadline = session, tally, deadline
         self.due: list[tuple[float, str]] = []
         self.returned: dict[str, float] = {}
-        self.cancelled: dict[str, int] = {}
         self.scheduled = 0
         self.condition = threading.Condition()
         self.closed = False
@@ -358,7 +356,7 @@ class Withdrawals:
             body = {"withdrawn_at": datetime.datetime.now(datetime.UTC).isoformat(), "channel": "app",
                     "reason": "chaos: the applicant changed their mind"}  # fmt: skip
             try:
-                answer = _post_until_answered(
+                _post_until_answered(
                     self.session, f"/api/v1/consents/{consent_id}/withdraw/", body, ok=(200, 409),
                     tally=self.tally, counter="withdrawal_retries", deadline=self.deadline,
                 )  # fmt: skip
@@ -367,8 +365,6 @@ class Withdrawals:
                 continue
             self.returned[consent_id] = time.time()  # the caller is told now (a 409: an earlier try did it)
             self.tally.withdrawals += 1
-            if answer.status_code == 200:
-                self.cancelled[consent_id] = len(answer.json().get("cancelled_referrals", []))
 
 
 def _items(start: int, count: int, text, partners: list[str]) -> list[dict]:

@@ -17,8 +17,10 @@ from referrals.models import CallbackEvent, Consent, Dispatch
 from referrals.services.callbacks import callbacks_sweep
 from referrals.services.dispatch import dispatch_sweep
 from referrals.tasks import callback_apply_task, dispatch_send_task
-from tests.factories import make_contract
+from tests.referrals import test_callbacks
 from tests.referrals.test_callbacks import event, post
+
+contracts = test_callbacks.contracts  # the same two approved contracts (a fixture)
 
 
 class Unreachable:
@@ -38,14 +40,6 @@ def broker_down(monkeypatch):
     for task in (dispatch_send_task, callback_apply_task):
         monkeypatch.setattr(task, "delay", down)
     return down
-
-
-@pytest.fixture
-def contracts(partners, partnership_manager, compliance_officer):
-    return [
-        make_contract(partners[0], drafter=partnership_manager, approver=compliance_officer, priority=20),
-        make_contract(partners[1], drafter=partnership_manager, approver=compliance_officer, priority=10),
-    ]
 
 
 def test_enqueue_reports_a_broker_it_cannot_reach_instead_of_raising(broker_down, caplog):
